@@ -1,0 +1,235 @@
+"""The `harness` command: thin typer wrappers over the plain functions of each stage.
+
+Heavy libraries (torch, transformers, lm-eval) are imported only by the commands that need them, so that planning,
+`harness sql` and a rerun of a finished matrix start in well under a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+app = typer.Typer(help="Fine-tune language models under matched budgets and measure what they learn and forget.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+matrix_app = typer.Typer(help="Plan and run a matrix of base model x method x data arm x seed.", no_args_is_help=True)
+base_app = typer.Typer(help="Build the project's own tiny base models.", no_args_is_help=True)
+tasks_app = typer.Typer(help="The lm-eval tasks in tasks/.", no_args_is_help=True)
+app.add_typer(matrix_app, name="matrix")
+app.add_typer(base_app, name="base")
+app.add_typer(tasks_app, name="tasks")
+
+# wide tables when piped (a terminal sets its own width)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+ResultsOpt = typer.Option(Path(os.environ.get("HARNESS_RESULTS", "results")), "--results",
+                          help="Folder for run artefacts, data sets and base models (env HARNESS_RESULTS).")
+DbOpt = typer.Option(None, "--db", help="DuckDB file (env HARNESS_DB; default RESULTS/harness.duckdb).")
+
+
+def fail(msg: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _db(db: Path | None, results: Path) -> Path:
+    return Path(db or os.environ.get("HARNESS_DB") or results / "harness.duckdb")
+
+
+def _input_errors():
+    from harness.curate import RecipeError
+    from harness.models import ModelError
+    from harness.spec import SpecError
+
+    return SpecError, ModelError, RecipeError
+
+
+def print_table(columns: list[str], rows: list[tuple], title: str | None = None, console: Console = out) -> None:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
+    console.print(table)
+
+
+def _load_plan(file: Optional[Path]):
+    from harness import runner
+    from harness.spec import load_matrix
+
+    try:
+        return runner.plan(load_matrix(file))
+    except _input_errors() as e:
+        raise fail(str(e)) from None
+
+
+@matrix_app.command("plan")
+def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML (default: the built-in demo)."),
+                results: Path = ResultsOpt) -> None:
+    """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
+    from harness import runner
+    from harness.spec import matched_description
+
+    p = _load_plan(file)
+    rows = runner.plan_table(p, results)
+    print_table(["cell id", "model", "method", "arm", "seed", "status"], [tuple(r.values()) for r in rows],
+                title=f"matrix {p.matrix.name}: {len(rows)} cells ({len(p.cells)} trained + {len(p.bases)} base)")
+    out.print("[bold]data arms[/]")
+    for line in runner.recipe_lines(p):
+        out.print(f"  {line}", highlight=False)
+    out.print("[bold]matched between cells[/]")
+    for line in matched_description(p.matrix):
+        out.print(f"  {line}", highlight=False)
+
+
+@matrix_app.command("run")
+def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML (default: the built-in demo)."),
+               force: bool = typer.Option(False, "--force", help="Rerun finished cells too."),
+               workers: int = typer.Option(0, "--workers", help="Worker processes (0: automatic)."),
+               results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Train and evaluate every unfinished cell, ingest the results, print the summary."""
+    import time
+
+    from harness import runner
+
+    t0 = time.perf_counter()
+    p = _load_plan(file)
+    path = _db(db, results)
+    try:
+        failed = runner.execute(p, results, path, force=force, workers=workers, console=err)
+    except _input_errors() as e:
+        raise fail(str(e)) from None
+    cols, rows = runner.summary_rows(path, p.matrix.name)
+    print_table(cols, rows, title=f"summary of {p.matrix.name} (learn: mean exact match on learn tasks; "
+                                  f"forget: relative loss of the base's forget-task scores)")
+    out.print(f"database: {path.resolve()}  ({time.perf_counter() - t0:.1f}s)", highlight=False)
+    if failed:
+        raise fail(f"{failed} cell(s) failed; their errors are in the runs table (status = 'failed')", code=1)
+
+
+@matrix_app.command("defaults")
+def matrix_defaults() -> None:
+    """Print every matrix key with its default value (the dataclasses in harness/spec.py document each)."""
+    import yaml
+
+    from harness.spec import Matrix
+
+    out.print(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(Matrix()))), sort_keys=False), highlight=False)
+
+
+@base_app.command("build")
+def base_build(preset: str = typer.Option("tiny", help="Base recipe: tiny (default world) or micro (tests)."),
+               results: Path = ResultsOpt) -> None:
+    """Train the tokenizer and pretrain the tiny base (cached by content hash under RESULTS/bases/)."""
+    from harness.base import PRESETS, build_base
+
+    if preset not in PRESETS:
+        raise fail(f"--preset: unknown base {preset!r}; expected one of {', '.join(PRESETS)}")
+    path = build_base(PRESETS[preset], results / "bases", log=err.print)
+    out.print(str(path))
+
+
+@tasks_app.command("build")
+def tasks_build() -> None:
+    """Regenerate tasks/data/*.jsonl from the skills world (deterministic)."""
+    from harness.evaluate import write_task_data
+
+    for p in write_task_data():
+        out.print(str(p))
+
+
+@app.command("models")
+def models_list() -> None:
+    """List the built-in model aliases. Any local Hugging Face folder works too."""
+    from harness.models import ALIASES, resolve
+
+    print_table(["alias", "fingerprint", "what it is"], [(k, resolve(k).fingerprint, v) for k, v in ALIASES.items()])
+
+
+@app.command("eval")
+def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or LoRA adapter folder."),
+             tasks: str = typer.Option("skills_arith,skills_words,skills_facts,skills_format,skills_unseen",
+                                       help="Comma-separated learn tasks (chat template applied)."),
+             forget: str = typer.Option("world_mc,prose_bpb", help="Comma-separated forget tasks (raw LM)."),
+             limit: Optional[int] = typer.Option(None, help="Examples per task."),
+             results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Score a saved model or adapter with the same tasks and code as a matrix cell, and store the run."""
+    from harness import runner, store
+    from harness.evaluate import check_tasks, task_fingerprint
+    from harness.models import resolve
+    from harness.spec import BaseEval, Eval, content_id
+
+    learn = [t for t in tasks.split(",") if t]
+    forget_ = [t for t in forget.split(",") if t]
+    try:
+        ref = resolve(model)
+    except _input_errors() as e:
+        raise fail(str(e)) from None
+    missing = check_tasks(learn + forget_)
+    if missing:
+        raise fail(f"--tasks: unknown task {missing[0]!r}; expected a tasks/*.yaml name or an lm-eval registry task")
+    ev = Eval(learn=learn, forget=forget_, limit=limit)
+    payload = {"model": model, "fp": ref.fingerprint, "eval": dataclasses.asdict(ev),
+               "tasks": task_fingerprint(learn + forget_), "precision": "auto"}
+    job = BaseEval(content_id(payload), model, ref.fingerprint, ev, "auto")
+    from harness.worker import run_job
+
+    row = run_job({"id": job.id, "kind": "base", "config": job.config(), "threads": os.cpu_count() or 1,
+                   "harness_version": __import__("harness").__version__}, results, lambda e: None)
+    path = _db(db, results)
+    runner.ingest(path, results, [job.id], matrix="eval")
+    if row["status"] != "ok":
+        raise fail(f"evaluation failed: {row['error']}", code=1)
+    cols, rows = store.query(path, f"SELECT task, task_group, metric, round(value, 4) AS value, round(stderr, 4) "
+                                   f"AS stderr, n FROM evals WHERE run_id = '{job.id}' ORDER BY task_group, task")
+    print_table(cols, rows, title=f"{model} (run {job.id})")
+
+
+@app.command("sql")
+def sql_cmd(query: str = typer.Argument(..., help="A SQL query (read-only)."),
+            fmt: str = typer.Option("table", "--format", help="table, csv or json."),
+            results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Run a read-only SQL query against the results database."""
+    import duckdb
+
+    from harness import store
+
+    if fmt not in ("table", "csv", "json"):
+        raise fail(f"--format: expected table, csv or json, got {fmt!r}")
+    try:
+        cols, rows = store.query(_db(db, results), query)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    except duckdb.Error as e:
+        raise fail(f"query failed: {str(e).splitlines()[0]}") from None
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(cols)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    elif fmt == "json":
+        sys.stdout.write(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1) + "\n")
+    else:
+        print_table(cols, rows)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""The matrix spec: YAML -> typed dataclasses -> cells, each with a content-addressed id.
+
+Every default lives in the dataclasses below (with the reason for its value). `harness matrix defaults` prints them.
+A bad file raises SpecError naming the file, the line and the key path, and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from harness import DATA_VERSION, __version__
+from harness.world import stable_hash
+
+DEMO_MATRIX = Path(__file__).resolve().parent / "matrices" / "demo.yaml"
+
+
+class SpecError(ValueError):
+    """A one-line, user-facing description of what is wrong with an input file."""
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: Literal["full", "lora"] = "full"
+    lr: float | None = None  # None: train.lr. For 100M+ models LoRA usually wants ~10x full FT's lr
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scale alpha/r = 2
+    dropout: float = 0.0  # no dropout: short runs do not overfit
+    target_modules: list[str] | str = "all-linear"  # every linear layer but the LM head, as in QLoRA
+
+
+@dataclass(frozen=True)
+class Arm:
+    source: str = "skills_pool"  # a name in `sources`, a built-in source, or a path to a JSONL file
+    steps: list[Any] = field(default_factory=list)  # curation steps: "dedup", {filter: verifier}, {random: {like: arm}}
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int | None = None  # optimizer steps per cell (the default budget: 800)
+    tokens: int | None = None  # training tokens per cell (all non-pad tokens)
+    epochs: float | None = None  # passes over each arm's data (matches epochs, not compute)
+
+
+@dataclass(frozen=True)
+class Train:
+    batch_size: int = 16  # examples per optimizer step
+    max_length: int = 256  # tokens; longer examples are truncated (counted in the result)
+    lr: float = 1e-3  # right for the ~1M-parameter tiny base (full FT and LoRA); use ~2e-5 (full) for 100M+
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decays to lr/10
+    warmup: float = 0.1  # fraction of steps with linear warm-up
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
+    attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU (faster for short rows), sdpa on GPU
+
+
+@dataclass(frozen=True)
+class Eval:
+    learn: list[str] = field(default_factory=lambda: ["skills_arith", "skills_words", "skills_facts",
+                                                      "skills_format", "skills_unseen"])
+    forget: list[str] = field(default_factory=lambda: ["world_mc", "prose_bpb"])
+    limit: int | None = None  # examples per task (None: all)
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Matrix:
+    name: str = "matrix"
+    models: list[str] = field(default_factory=lambda: ["tiny"])  # aliases (`harness models`) or local HF folders
+    methods: dict[str, Method] = field(default_factory=lambda: {"full": Method(), "lora": Method(kind="lora")})
+    sources: dict[str, dict] = field(default_factory=dict)  # named data sources shared by arms
+    arms: dict[str, Arm] = field(default_factory=lambda: {"bulk": Arm()})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budget: Budget = field(default_factory=lambda: Budget(steps=800))
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    keep_weights: Literal["all", "lora", "none"] = "all"  # "lora": drop full fine-tunes' weights (large models)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML with line numbers, and a small typed validator over the dataclasses.
+
+
+def _lines(node, path=()) -> dict[tuple, int]:
+    """Map each key path of a composed YAML node to its 1-based line."""
+    out = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            out.update(_lines(v, path + (k.value,)))
+            out[path + (k.value,)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_lines(v, path + (i,)))
+    return out
+
+
+class _Ctx:
+    def __init__(self, file: str, lines: dict[tuple, int]):
+        self.file, self.lines = file, lines
+
+    def fail(self, path: tuple, msg: str) -> typing.NoReturn:
+        line = next((self.lines[path[:i]] for i in range(len(path), -1, -1) if path[:i] in self.lines), None)
+        where = f"{self.file}:{line}" if line else self.file
+        key = ".".join(map(str, path)) or "(top level)"
+        raise SpecError(f"{where}: {key}: {msg}")
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)" \
+            if type(None) in typing.get_args(tp) else " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+            Any: "anything"}.get(tp, str(tp))
+
+
+def _convert(value, tp, path: tuple, ctx: _Ctx):
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path, ctx)
+            except SpecError:
+                continue
+        ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        names = {f.name: f for f in dataclasses.fields(tp)}
+        hints = typing.get_type_hints(tp)
+        for k in value:
+            if k not in names:
+                ctx.fail(path + (k,), f"unknown key; expected one of {', '.join(names)}")
+        return tp(**{k: _convert(v, hints[k], path + (k,), ctx) for k, v in value.items()})
+    if origin is list:
+        if not isinstance(value, list):
+            ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        return [_convert(v, typing.get_args(tp)[0], path + (i,), ctx) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        return {str(k): _convert(v, typing.get_args(tp)[1], path + (k,), ctx) for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else file
+        raise SpecError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    ctx = _Ctx(file, _lines(node) if node is not None else {})
+    if raw is None:
+        ctx.fail((), "the file is empty; expected a mapping with keys " + ", ".join(
+            f.name for f in dataclasses.fields(Matrix)))
+    if isinstance(raw, dict) and isinstance(raw.get("methods"), dict):
+        # a method's kind defaults to its label when the label is a kind ("full:", "lora:")
+        raw["methods"] = {k: ({"kind": k} if k in ("full", "lora") else {}) | (v or {})
+                          if isinstance(v, dict) or v is None else v for k, v in raw["methods"].items()}
+    if isinstance(raw, dict) and isinstance(raw.get("arms"), dict):
+        raw["arms"] = {k: {} if v is None else v for k, v in raw["arms"].items()}
+    m: Matrix = _convert(raw, Matrix, (), ctx)
+    _check(m, ctx)
+    return m
+
+
+def _check(m: Matrix, ctx: _Ctx) -> None:
+    """Rules that types alone do not express."""
+    if sum(x is not None for x in dataclasses.astuple(m.budget)) != 1:
+        ctx.fail(("budget",), "expected exactly one of steps, tokens, epochs")
+    for key in ("models", "seeds", "methods", "arms"):
+        if not getattr(m, key):
+            ctx.fail((key,), "must not be empty")
+    for k in ("batch_size", "max_length"):
+        if getattr(m.train, k) <= 0:
+            ctx.fail(("train", k), "expected a positive integer")
+    if m.train.lr <= 0 or not 0 <= m.train.warmup < 1:
+        ctx.fail(("train",), "expected lr > 0 and 0 <= warmup < 1")
+    for name, method in m.methods.items():
+        if method.kind == "lora" and (method.r <= 0 or method.alpha <= 0):
+            ctx.fail(("methods", name), "expected LoRA r > 0 and alpha > 0")
+    if not m.eval.learn and not m.eval.forget:
+        ctx.fail(("eval",), "expected at least one learn or forget task")
+
+
+def load_matrix(path: str | Path | None) -> Matrix:
+    path = Path(path) if path else DEMO_MATRIX
+    if not path.exists():
+        raise SpecError(f"{path}: file not found (expected a matrix YAML; run `harness matrix plan` for the demo)")
+    m = parse_matrix(path.read_text(), str(path))
+    base = path.resolve().parent
+    # relative data paths are relative to the matrix file
+    arms = {k: dataclasses.replace(a, source=str(base / a.source)) if a.source.endswith((".jsonl", ".json"))
+            and not Path(a.source).is_absolute() else a for k, a in m.arms.items()}
+    return dataclasses.replace(m, arms=arms)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cells.
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    matrix: str
+    model: str
+    model_fingerprint: str
+    method: str  # label
+    method_cfg: Method
+    arm: str
+    dataset_id: str
+    seed: int
+    budget: Budget
+    train: Train
+    eval: Eval
+    keep_weights: bool
+    base_id: str  # the base evaluation's id
+
+    def config(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("id", "matrix")}
+
+    @property
+    def lr(self) -> float:
+        return self.train.lr if self.method_cfg.lr is None else self.method_cfg.lr
+
+
+@dataclass(frozen=True)
+class BaseEval:
+    """The untrained model on the same tasks: evaluated once, shared by every cell of that model."""
+    id: str
+    model: str
+    model_fingerprint: str
+    eval: Eval
+    precision: str
+
+    def config(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "id"}
+
+
+def content_id(payload: dict) -> str:
+    """12 hex digits of a hash over the resolved config and the harness/data versions."""
+    blob = json.dumps(payload, sort_keys=True, default=str)
+    return f"{stable_hash(blob, __version__, DATA_VERSION):016x}"[:12]
+
+
+def expand(m: Matrix, model_fingerprints: dict[str, str], dataset_ids: dict[str, str],
+           task_fingerprint: str) -> tuple[list[Cell], list[BaseEval]]:
+    """Cells in run order: seed-major, so a partial run already has every method x arm for the first seed."""
+    bases = {}
+    for model in m.models:
+        payload = {"model": model, "fp": model_fingerprints[model], "eval": dataclasses.asdict(m.eval),
+                   "tasks": task_fingerprint, "precision": m.train.precision}
+        bases[model] = BaseEval(content_id(payload), model, model_fingerprints[model], m.eval, m.train.precision)
+    cells = []
+    for seed in m.seeds:
+        for model in m.models:
+            for method, mcfg in m.methods.items():
+                for arm in m.arms:
+                    keep = m.keep_weights == "all" or (m.keep_weights == "lora" and mcfg.kind == "lora")
+                    cell = Cell("", m.name, model, model_fingerprints[model], method, mcfg, arm, dataset_ids[arm],
+                                seed, m.budget, m.train, m.eval, keep, bases[model].id)
+                    payload = cell.config() | {"tasks": task_fingerprint}
+                    cells.append(dataclasses.replace(cell, id=content_id(payload)))
+    return cells, list(bases.values())
+
+
+def matched_description(m: Matrix) -> list[str]:
+    """What every cell of the matrix shares, in words: the basis of any comparison between them."""
+    b = m.budget
+    budget = (f"{b.steps} optimizer steps of {m.train.batch_size} examples" if b.steps is not None else
+              f"{b.tokens:,} training tokens" if b.tokens is not None else f"{b.epochs} epochs over each arm's data")
+    lines = [f"budget: {budget} per cell",
+             f"schedule: {m.train.schedule} with {m.train.warmup:.0%} warm-up, to lr/10; batch {m.train.batch_size}; "
+             f"max length {m.train.max_length}; precision {m.train.precision}",
+             "learning rate per method: " + ", ".join(
+                 f"{k}={m.train.lr if v.lr is None else v.lr:g}" for k, v in m.methods.items()),
+             f"seeds {m.seeds}: for a seed, every method sees the same batches in the same order on an arm, and "
+             f"every arm is drawn with the same seed",
+             f"evaluation: identical tasks for every cell and the base model (learn: {', '.join(m.eval.learn)}; "
+             f"forget: {', '.join(m.eval.forget)})"]
+    if b.epochs is not None:
+        lines.append("NOT matched: compute (arms of different size train for different numbers of steps)")
+    else:
+        lines.append("NOT matched: epochs (a smaller arm is repeated more often within the same budget)")
+    return lines

@@ -1,0 +1,203 @@
+"""The results database: a versioned DuckDB schema, and one writer that ingests finished cells' artefacts.
+
+DuckDB allows one read-write process or many read-only ones, so the writer opens the file only for the length of one
+ingest transaction; `harness sql` and reports open it read-only (retrying briefly while an ingest holds it).
+Every ingest deletes the run's rows and inserts them again inside one transaction: ingesting twice changes nothing,
+and a kill mid-ingest leaves the previous state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+DEFAULT_DB = Path("results") / "harness.duckdb"
+
+# Append-only: each migration runs once, in order, recorded in schema_migrations. Never edit a released one.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("initial schema", """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,     -- content address: hash of the resolved cell config + data + harness version
+        kind VARCHAR NOT NULL,          -- 'sft' (a trained cell) or 'base' (the untrained model, evaluated once)
+        model VARCHAR, model_fingerprint VARCHAR,
+        method VARCHAR, method_kind VARCHAR,   -- method label and its kind: full | lora | base
+        arm VARCHAR, dataset_id VARCHAR, seed INTEGER,
+        base_run_id VARCHAR,            -- the base evaluation this run is compared against
+        config JSON, status VARCHAR NOT NULL, error VARCHAR,
+        started_at TIMESTAMP, finished_at TIMESTAMP,
+        prep_seconds DOUBLE, train_seconds DOUBLE, eval_seconds DOUBLE, wall_seconds DOUBLE,
+        steps INTEGER, examples INTEGER, epochs DOUBLE,
+        train_tokens BIGINT,            -- all non-pad tokens trained on
+        response_tokens BIGINT,         -- tokens that carried loss
+        trainable_params BIGINT, total_params BIGINT,
+        weights_path VARCHAR, env JSON, harness_version VARCHAR);
+    CREATE TABLE matrix_cells (matrix VARCHAR, run_id VARCHAR, PRIMARY KEY (matrix, run_id));
+    CREATE TABLE datasets (
+        dataset_id VARCHAR PRIMARY KEY, recipe JSON, parent VARCHAR, n_examples INTEGER,
+        n_by_skill JSON, content_hash VARCHAR, path VARCHAR, build_seconds DOUBLE, created_at TIMESTAMP);
+    CREATE TABLE data_steps (
+        dataset_id VARCHAR, step_index INTEGER, step VARCHAR, params JSON, n_in INTEGER, n_out INTEGER,
+        score_stats JSON, PRIMARY KEY (dataset_id, step_index));
+    CREATE TABLE data_decisions (        -- one row per example a step dropped, and why
+        dataset_id VARCHAR, step_index INTEGER, step VARCHAR, example_id VARCHAR, reason VARCHAR, score DOUBLE);
+    CREATE TABLE train_steps (
+        run_id VARCHAR, step INTEGER, loss DOUBLE, lr DOUBLE, tokens INTEGER, label_tokens INTEGER, seconds DOUBLE,
+        PRIMARY KEY (run_id, step));
+    CREATE TABLE evals (
+        run_id VARCHAR, task VARCHAR, task_group VARCHAR, metric VARCHAR, value DOUBLE, stderr DOUBLE, n INTEGER,
+        higher_is_better BOOLEAN, is_primary BOOLEAN, PRIMARY KEY (run_id, task, metric));
+    CREATE TABLE samples (
+        run_id VARCHAR, task VARCHAR, task_group VARCHAR, doc_id INTEGER, prompt VARCHAR, target VARCHAR,
+        response VARCHAR, score DOUBLE, metrics JSON, PRIMARY KEY (run_id, task, doc_id));
+    -- per run and task: the primary metric, the base model's value, and the gain (positive = better than base)
+    CREATE VIEW run_scores AS
+    SELECT r.run_id, e.task, e.task_group, e.metric, e.value, b.value AS base_value, e.higher_is_better,
+           CASE WHEN e.higher_is_better THEN e.value - b.value ELSE b.value - e.value END AS gain
+    FROM runs r JOIN evals e ON e.run_id = r.run_id AND e.is_primary
+    LEFT JOIN evals b ON b.run_id = r.base_run_id AND b.task = e.task AND b.metric = e.metric;
+    -- one row per run of a matrix. learn: mean primary score over learn tasks; forget: mean relative loss of the
+    -- base's performance over forget tasks ((base - run) / base, oriented so that positive means forgotten)
+    CREATE VIEW summary AS
+    SELECT m.matrix, r.run_id, r.model, r.method, r.method_kind, r.arm, r.seed, r.status,
+           avg(s.value) FILTER (WHERE s.task_group = 'learn') AS learn,
+           avg(s.gain) FILTER (WHERE s.task_group = 'learn') AS learn_gain,
+           avg(-s.gain / nullif(abs(s.base_value), 0)) FILTER (WHERE s.task_group = 'forget') AS forget,
+           r.examples, r.steps, r.train_tokens, r.train_seconds, r.eval_seconds
+    FROM runs r JOIN matrix_cells m USING (run_id) LEFT JOIN run_scores s USING (run_id)
+    GROUP BY ALL;
+    """),
+]
+
+
+def db_path(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("HARNESS_DB") or DEFAULT_DB)
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply pending migrations; returns the schema version."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, "
+                "applied_at TIMESTAMP DEFAULT current_timestamp)")
+    done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+        if version in done:
+            continue
+        con.execute("BEGIN")
+        con.execute(sql)
+        con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+        con.execute("COMMIT")
+    return len(MIGRATIONS)
+
+
+def _connect(path: Path, read_only: bool, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:  # another process holds the write lock: an ingest is in progress
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextmanager
+def writer(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(path, read_only=False)
+    try:
+        migrate(con)
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def reader(path: Path):
+    if not path.exists():
+        raise FileNotFoundError(f"no results database at {path} (run `harness matrix run` first, or pass --db)")
+    con = _connect(path, read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _replace(con, table: str, key: str, value: str, parquet: Path | None, columns: str) -> None:
+    con.execute(f"DELETE FROM {table} WHERE {key} = ?", [value])
+    if parquet is not None and parquet.exists():
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT ?, {columns.split(', ', 1)[1]} FROM read_parquet(?)",
+                    [value, str(parquet)])
+
+
+RUN_COLUMNS = ["run_id", "kind", "model", "model_fingerprint", "method", "method_kind", "arm", "dataset_id", "seed",
+               "base_run_id", "config", "status", "error", "started_at", "finished_at", "prep_seconds",
+               "train_seconds", "eval_seconds", "wall_seconds", "steps", "examples", "epochs", "train_tokens",
+               "response_tokens", "trainable_params", "total_params", "weights_path", "env", "harness_version"]
+
+
+def ingest_run(con, run_dir: Path, matrix: str | None) -> dict:
+    """Load one finished cell's artefacts (results/runs/<id>/) into the database, replacing any earlier copy."""
+    row = json.loads((run_dir / "result.json").read_text())
+    run_id = row["run_id"]
+    values = [json.dumps(row[c]) if c in ("config", "env") else row.get(c) for c in RUN_COLUMNS]
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+        con.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+                    values)
+        _replace(con, "train_steps", "run_id", run_id, run_dir / "train_steps.parquet",
+                 "run_id, step, loss, lr, tokens, label_tokens, seconds")
+        _replace(con, "evals", "run_id", run_id, run_dir / "evals.parquet",
+                 "run_id, task, task_group, metric, value, stderr, n, higher_is_better, is_primary")
+        _replace(con, "samples", "run_id", run_id, run_dir / "samples.parquet",
+                 "run_id, task, task_group, doc_id, prompt, target, response, score, metrics")
+        if matrix:
+            con.execute("INSERT OR IGNORE INTO matrix_cells VALUES (?, ?)", [matrix, run_id])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return row
+
+
+def ingest_dataset(con, data_dir: Path) -> None:
+    """Load a built data set's card and decisions (results/data/<id>/)."""
+    card = json.loads((data_dir / "card.json").read_text())
+    did = card["dataset_id"]
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM datasets WHERE dataset_id = ?", [did])
+        con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [did, json.dumps(card["recipe"]), card.get("parent"), card["n_examples"],
+                     json.dumps(card["n_by_skill"]), card["content_hash"], str(data_dir), card["build_seconds"],
+                     card["created_at"]])
+        con.execute("DELETE FROM data_steps WHERE dataset_id = ?", [did])
+        for i, st in enumerate(card["steps"]):
+            con.execute("INSERT INTO data_steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [did, i, st["step"], json.dumps(st["params"]), st["n_in"], st["n_out"],
+                         json.dumps(st.get("score_stats"))])
+        _replace(con, "data_decisions", "dataset_id", did, data_dir / "decisions.parquet",
+                 "dataset_id, step_index, step, example_id, reason, score")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def ingested_ok(con, run_ids: list[str]) -> set[str]:
+    if not run_ids:
+        return set()
+    rows = con.execute("SELECT run_id FROM runs WHERE status = 'ok' AND run_id IN (SELECT unnest(?))",
+                       [run_ids]).fetchall()
+    return {r for (r,) in rows}
+
+
+def query(path: Path, sql: str):
+    """Run one read-only query; returns (column names, rows)."""
+    with reader(path) as con:
+        cur = con.execute(sql)
+        return [d[0] for d in cur.description or []], cur.fetchall()

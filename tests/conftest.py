@@ -1,0 +1,34 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+CI_MATRIX = Path(__file__).parent / "matrices" / "ci.yaml"
+
+
+@pytest.fixture(scope="session")
+def micro_base(tmp_path_factory) -> Path:
+    """The micro base model, built once per test session (~5 s)."""
+    from harness.base import PRESETS, build_base
+
+    return build_base(PRESETS["micro"], tmp_path_factory.mktemp("bases"), log=lambda *a: None)
+
+
+@pytest.fixture
+def results(tmp_path, micro_base) -> Path:
+    """A fresh results folder with the micro base already in place."""
+    root = tmp_path / "results"
+    shutil.copytree(micro_base, root / "bases" / micro_base.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def micro_model(micro_base):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(micro_base, attn_implementation="eager"), \
+        AutoTokenizer.from_pretrained(micro_base)
