@@ -114,8 +114,9 @@ def build_base(recipe: BaseRecipe, root: Path, on_step: Callable | None = None, 
         texts = texts[: recipe.max_docs]
     tokenizer = train_tokenizer(texts, recipe.vocab_size, model_max_length=2 * recipe.seq_len)
     ids: list[int] = []
-    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids += enc + [tokenizer.eos_token_id]
+    # documents are longer than the model's context; the stream is cut into seq_len windows below
+    for enc in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):
+        ids += enc.ids + [tokenizer.eos_token_id]
     log(f"base {recipe.id}: tokenizer ({len(tokenizer)} tokens) and corpus ({len(ids):,} tokens) "
         f"in {time.perf_counter() - t0:.1f}s")
     torch.manual_seed(recipe.seed)
