@@ -71,6 +71,27 @@ MIGRATIONS: list[tuple[str, str]] = [
     FROM runs r JOIN matrix_cells m USING (run_id) LEFT JOIN run_scores s USING (run_id)
     GROUP BY ALL;
     """),
+    ("cost accounting", """
+    ALTER TABLE runs ADD COLUMN hardware VARCHAR;          -- e.g. 'cpu: AMD EPYC 9454 (2 threads)' or 'cuda: NVIDIA H100'
+    ALTER TABLE runs ADD COLUMN tokens_per_second DOUBLE;  -- train_tokens / train_seconds
+    ALTER TABLE runs ADD COLUMN peak_rss_bytes BIGINT;     -- the cell process's peak resident memory
+    ALTER TABLE runs ADD COLUMN peak_gpu_bytes BIGINT;     -- torch.cuda.max_memory_allocated (NULL on CPU)
+    ALTER TABLE runs ADD COLUMN weights_bytes BIGINT;      -- adapter or checkpoint size on disk
+    ALTER TABLE runs ADD COLUMN train_flops DOUBLE;        -- estimate, see harness/cost.py
+    ALTER TABLE runs ADD COLUMN mfu DOUBLE;                -- model FLOPs utilisation (GPU with a known peak only)
+    ALTER TABLE runs ADD COLUMN device_hours DOUBLE;       -- wall hours x devices of the whole cell (prep+train+eval)
+    ALTER TABLE runs ADD COLUMN cost_usd DOUBLE;           -- ESTIMATE: device_hours x price per hour (cost.PRICES)
+    ALTER TABLE datasets ADD COLUMN generated_tokens BIGINT;    -- tokens written by models (best-of-K, distillation)
+    ALTER TABLE datasets ADD COLUMN device_hours DOUBLE;        -- curation compute (generation, embeddings, scoring)
+    ALTER TABLE datasets ADD COLUMN cost_usd DOUBLE;            -- ESTIMATE, like runs.cost_usd
+    -- what a run cost, with its arm's curation counted in: "curated" pays for its curation
+    CREATE VIEW costs AS
+    SELECT r.run_id, r.kind, r.model, r.method, r.arm, r.seed, r.hardware, r.train_tokens, r.train_flops,
+           r.tokens_per_second, r.peak_rss_bytes, r.peak_gpu_bytes, r.weights_bytes, r.mfu,
+           r.device_hours, r.cost_usd AS train_cost_usd, coalesce(d.cost_usd, 0) AS curation_cost_usd,
+           r.cost_usd + coalesce(d.cost_usd, 0) AS total_cost_usd
+    FROM runs r LEFT JOIN datasets d USING (dataset_id);
+    """),
 ]
 
 
@@ -136,7 +157,11 @@ def _replace(con, table: str, key: str, value: str, parquet: Path | None, column
 RUN_COLUMNS = ["run_id", "kind", "model", "model_fingerprint", "method", "method_kind", "arm", "dataset_id", "seed",
                "base_run_id", "config", "status", "error", "started_at", "finished_at", "prep_seconds",
                "train_seconds", "eval_seconds", "wall_seconds", "steps", "examples", "epochs", "train_tokens",
-               "response_tokens", "trainable_params", "total_params", "weights_path", "env", "harness_version"]
+               "response_tokens", "trainable_params", "total_params", "weights_path", "env", "harness_version",
+               "hardware", "tokens_per_second", "peak_rss_bytes", "peak_gpu_bytes", "weights_bytes", "train_flops",
+               "mfu", "device_hours", "cost_usd"]
+DATASET_COLUMNS = ["dataset_id", "recipe", "parent", "n_examples", "n_by_skill", "content_hash", "path",
+                   "build_seconds", "created_at", "generated_tokens", "device_hours", "cost_usd"]
 
 
 def ingest_run(con, run_dir: Path, matrix: str | None) -> dict:
@@ -171,10 +196,10 @@ def ingest_dataset(con, data_dir: Path) -> None:
     con.execute("BEGIN")
     try:
         con.execute("DELETE FROM datasets WHERE dataset_id = ?", [did])
-        con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [did, json.dumps(card["recipe"]), card.get("parent"), card["n_examples"],
-                     json.dumps(card["n_by_skill"]), card["content_hash"], str(data_dir), card["build_seconds"],
-                     card["created_at"]])
+        row = {**card, "dataset_id": did, "recipe": json.dumps(card["recipe"]), "path": str(data_dir),
+               "n_by_skill": json.dumps(card["n_by_skill"])}
+        con.execute(f"INSERT INTO datasets ({', '.join(DATASET_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(DATASET_COLUMNS))})", [row.get(c) for c in DATASET_COLUMNS])
         con.execute("DELETE FROM data_steps WHERE dataset_id = ?", [did])
         for i, st in enumerate(card["steps"]):
             con.execute("INSERT INTO data_steps VALUES (?, ?, ?, ?, ?, ?, ?)",
