@@ -109,15 +109,17 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML (de
     p = _load_plan(file)
     path = _db(db, results)
     try:
-        failed = runner.execute(p, results, path, force=force, workers=workers, console=err)
+        stats = runner.execute(p, results, path, force=force, workers=workers, console=err)
     except _input_errors() as e:
         raise fail(str(e)) from None
     cols, rows = runner.summary_rows(path, p.matrix.name)
     print_table(cols, rows, title=f"summary of {p.matrix.name} (learn: mean exact match on learn tasks; "
                                   f"forget: relative loss of the base's forget-task scores)")
+    if stats.cells_run:
+        out.print(stats.line(), highlight=False)
     out.print(f"database: {path.resolve()}  ({time.perf_counter() - t0:.1f}s)", highlight=False)
-    if failed:
-        raise fail(f"{failed} cell(s) failed; their errors are in the runs table (status = 'failed')", code=1)
+    if stats.failed:
+        raise fail(f"{stats.failed} cell(s) failed; their errors are in the runs table (status = 'failed')", code=1)
 
 
 @matrix_app.command("defaults")
@@ -196,6 +198,32 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
     cols, rows = store.query(path, f"SELECT task, task_group, metric, round(value, 4) AS value, round(stderr, 4) "
                                    f"AS stderr, n FROM evals WHERE run_id = '{job.id}' ORDER BY task_group, task")
     print_table(cols, rows, title=f"{model} (run {job.id})")
+
+
+@app.command("bench")
+def bench_cmd(models: str = typer.Option("tiny", help="Comma-separated model aliases or folders."),
+              methods: str = typer.Option("full,lora", help="Comma-separated: full, lora."),
+              steps: int = typer.Option(100, help="Optimizer steps per run."),
+              batch_size: int = typer.Option(16, help="Examples per step."),
+              repeats: int = typer.Option(2, help="Runs per trainer; the fastest counts."),
+              results: Path = ResultsOpt) -> None:
+    """Training throughput of the harness vs TRL's SFTTrainer on the same model, data, batches and loss."""
+    from harness import bench
+
+    rows = []
+    for model in models.split(","):
+        for method in methods.split(","):
+            rows += bench.speed(model, method, steps, batch_size, results, repeats, log=err.print)
+    table = bench.report(rows)
+    bench.save(rows, table, results / "bench" / "speed.json")
+    print_table(["setting", "trainer", "tok/s", "final loss"],
+                [(r.setting, r.trainer, round(r.tokens_per_second), round(r.final_loss, 4)) for r in rows],
+                title="training throughput (non-pad tokens/s after 5 warm-up steps; loss: mean of the last 10 steps)")
+    print_table(["setting", "harness tok/s", "TRL default tok/s", "x TRL default", "TRL best mode", "x TRL best",
+                 "loss gap vs TRL"],
+                [(t["setting"], round(t["harness_tok_s"]), round(t["trl_default_tok_s"]), f"{t['vs_default']:.2f}",
+                  t["trl_best"], f"{t['vs_best']:.2f}", f"{t['loss_gap']:.2%}") for t in table],
+                title="harness vs TRL (goal: >= 1.5x TRL default, >= 1.0x TRL's best mode, loss within 1%)")
 
 
 @app.command("sql")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import __version__, data, models, store
@@ -106,11 +106,36 @@ def clean_partial(results: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int = 0, console=None) -> int:
-    """Run every unfinished cell; returns the number of failed cells."""
+@dataclass
+class RunStats:
+    """Where a matrix run's wall time went. Compute is what the cells did (training and evaluation, shared out over
+    the workers) and pretraining a base; overhead is the rest: process start and imports, data builds, model loading
+    and encoding, ingest, and workers idle while the last cells finish."""
+    cells_run: int = 0
+    failed: int = 0
+    workers: int = 0
+    wall_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    parts: dict = field(default_factory=dict)  # overhead parts (wall-clock seconds)
+
+    @property
+    def overhead_seconds(self) -> float:
+        return max(0.0, self.wall_seconds - self.compute_seconds)
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.parts.items() if v >= 0.05)
+        share = self.overhead_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        return (f"harness overhead: {self.overhead_seconds:.1f}s of {self.wall_seconds:.1f}s wall ({share:.1%}); "
+                f"compute {self.compute_seconds:.1f}s" + (f"; of the overhead: {parts}" if parts else ""))
+
+
+def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int = 0, console=None) -> RunStats:
+    """Run every unfinished cell; returns where the time went (and how many cells failed)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    t_start = time.perf_counter()
+    stats = RunStats()
     console = console or Console(stderr=True)
     (results / "runs").mkdir(parents=True, exist_ok=True)
     (results / "data").mkdir(parents=True, exist_ok=True)
@@ -126,16 +151,20 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
     todo = [i for i in all_ids if i not in finished]
     if not todo:
         console.print(f"[green]all {len(all_ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
-        return 0
+        return stats
 
     # what the pending cells need: base models and data sets, built once and cached
+    t = time.perf_counter()
     for ref in {p.refs[c.model] for c in p.cells + p.bases if c.id in todo}:
         models.model_path(ref, results, log=console.print)
+    stats.compute_seconds += time.perf_counter() - t  # pretraining a base is compute (nothing when cached)
+    t = time.perf_counter()
     arms = sorted({c.arm for c in p.cells if c.id in todo})
     built = data.build(p.recipes, results, arms, log=console.print) if arms else {}
     with store.writer(db) as con:
         for folder in built.values():
             store.ingest_dataset(con, folder)
+    stats.parts["data"] = time.perf_counter() - t
 
     n_workers = workers or default_workers(p)
     threads = max(1, (os.cpu_count() or 1) // n_workers)
@@ -146,10 +175,12 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
     events: queue.Queue = queue.Queue()
     logs = results / "logs"
     logs.mkdir(exist_ok=True)
+    t_spawn = time.perf_counter()
     pool = [Worker(results, logs / f"worker-{i}.log", events, i) for i in range(n_workers)]
     pending = list(jobs)
     current: dict[int, dict] = {}
-    failed = 0
+    cell_compute = cell_prep = ingest_s = 0.0
+    stats.workers, stats.cells_run = n_workers, len(jobs)
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -162,14 +193,10 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
                 idx, ev = events.get()
                 kind = ev["event"]
                 if kind in ("ready", "done"):
-                    if kind == "done":
-                        job = current.pop(idx)
-                        ingest(db, results, [job["id"]], p.matrix.name)
-                        progress.advance(overall)
-                        if ev["status"] != "ok":
-                            failed += 1
-                            console.print(f"[red]cell {job['id']} ({_label(job)}) failed:[/] {ev['error']}")
-                    if pending:
+                    if kind == "ready":
+                        stats.parts["worker start"] = time.perf_counter() - t_spawn  # the last to be ready
+                    done = current.pop(idx) if kind == "done" else None
+                    if pending:  # the next job first: the worker computes while this process ingests
                         current[idx] = pending.pop(0)
                         pool[idx].send(current[idx])
                         progress.update(lanes[idx], description=f"  {_label(current[idx])}", completed=0,
@@ -177,6 +204,17 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
                     else:
                         progress.update(lanes[idx], description=f"  worker {idx}", info="idle", visible=False)
                         pool[idx].proc.stdin.close()
+                    if done:
+                        t = time.perf_counter()
+                        ingest(db, results, [done["id"]], p.matrix.name)
+                        ingest_s += time.perf_counter() - t
+                        row = json.loads((results / "runs" / done["id"] / "result.json").read_text())
+                        cell_compute += (row.get("train_seconds") or 0) + (row.get("eval_seconds") or 0)
+                        cell_prep += row.get("prep_seconds") or 0
+                        progress.advance(overall)
+                        if ev["status"] != "ok":
+                            stats.failed += 1
+                            console.print(f"[red]cell {done['id']} ({_label(done)}) failed:[/] {ev['error']}")
                 elif kind == "step":
                     progress.update(lanes[idx], completed=ev["step"], total=ev["total"], info=f"loss {ev['loss']:.3f}")
                 elif kind == "eval":
@@ -185,7 +223,7 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
                     alive -= 1
                     if idx in current:  # died mid-job without reporting: a crash (see its log)
                         job = current.pop(idx)
-                        failed += 1
+                        stats.failed += 1
                         console.print(f"[red]worker {idx} exited (code {ev['code']}) during {_label(job)}; "
                                       f"see {logs / f'worker-{idx}.log'}[/]")
         finally:
@@ -194,7 +232,15 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
                     w.proc.stdin.close()
             for w in pool:
                 w.close()
-    return failed
+    stats.wall_seconds = time.perf_counter() - t_start
+    stats.compute_seconds += cell_compute / n_workers
+    stats.parts["model load + encode"] = cell_prep / n_workers
+    stats.parts["ingest (overlapped)"] = ingest_s
+    with store.writer(db) as con:
+        con.execute("INSERT INTO matrix_runs VALUES (?, current_timestamp, ?, ?, ?, ?, ?, ?, ?)",
+                    [p.matrix.name, stats.cells_run, stats.failed, stats.workers, stats.wall_seconds,
+                     stats.compute_seconds, stats.overhead_seconds, json.dumps(stats.parts)])
+    return stats
 
 
 def default_workers(p: Plan) -> int:

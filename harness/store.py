@@ -92,6 +92,11 @@ MIGRATIONS: list[tuple[str, str]] = [
            r.cost_usd + coalesce(d.cost_usd, 0) AS total_cost_usd
     FROM runs r LEFT JOIN datasets d USING (dataset_id);
     """),
+    ("matrix runs", """
+    CREATE TABLE matrix_runs (          -- one row per `harness matrix run` that ran cells: where the wall time went
+        matrix VARCHAR, finished_at TIMESTAMP, cells_run INTEGER, failed INTEGER, workers INTEGER,
+        wall_seconds DOUBLE, compute_seconds DOUBLE, overhead_seconds DOUBLE, overhead_parts JSON);
+    """),
 ]
 
 

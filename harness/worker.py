@@ -214,6 +214,10 @@ def main() -> None:
     def emit(event: dict) -> None:
         events.write(json.dumps(event) + "\n")
 
+    import lm_eval.evaluator  # noqa: F401  the heavy imports, once per worker, before it says it is ready
+    import peft  # noqa: F401
+
+    import harness.evaluate  # noqa: F401
     emit({"event": "ready"})
     for line in sys.stdin:
         job = json.loads(line)
