@@ -6,6 +6,7 @@ on the raw language model (what the base knew), so the two groups are two simple
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -73,11 +74,20 @@ def check_tasks(names: list[str], tasks_dir: Path = TASKS_DIR) -> list[str]:
     return [n for n in missing if n not in known]
 
 
-def _task_manager(names: list[str], tasks_dir: Path):
+@functools.cache
+def _tasks(names: tuple[str, ...], tasks_dir: Path):
+    """The lm-eval Task objects, built (datasets loaded, docs processed) once per process and reused by every cell
+    a worker evaluates; each evaluation still builds its own requests from them."""
     from lm_eval.tasks import TaskManager
 
     registry = any(local_task_path(n, tasks_dir) is None for n in names)
-    return TaskManager(include_path=str(tasks_dir), include_defaults=registry)
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=registry)
+    try:
+        loaded = manager.load([task_config(n, tasks_dir) for n in names])
+    except KeyError as e:
+        raise TaskNotFound(f"unknown task {e}: not in {tasks_dir} nor in lm-eval's registry "
+                           f"(see `lm_eval ls tasks`)") from None
+    return manager, list(loaded["tasks"].values())
 
 
 def _sample_row(task: str, s: dict, output_type: str, primary: str) -> dict:
@@ -112,14 +122,10 @@ def _run(model, tokenizer, names: list[str], group: str, chat: bool, tasks_dir: 
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               mixed_precision_dtype=autocast, max_length=getattr(tokenizer, "model_max_length", None))
-    configs = [task_config(n, tasks_dir) for n in names]
-    try:
-        res = simple_evaluate(lm, tasks=configs, task_manager=_task_manager(names, tasks_dir), limit=limit,
-                              apply_chat_template=chat, log_samples=True, bootstrap_iters=100, verbosity="ERROR",
-                              random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-    except KeyError as e:
-        raise TaskNotFound(f"unknown task {e}: not in {tasks_dir} nor in lm-eval's registry "
-                           f"(see `lm_eval ls tasks`)") from None
+    manager, tasks = _tasks(tuple(names), tasks_dir)
+    res = simple_evaluate(lm, tasks=tasks, task_manager=manager, limit=limit, apply_chat_template=chat,
+                          log_samples=True, bootstrap_iters=100, random_seed=0, numpy_random_seed=0,
+                          torch_random_seed=0, fewshot_random_seed=0)
     out = TaskScores()
     for task, vals in res["results"].items():
         hib = res.get("higher_is_better", {}).get(task, {})

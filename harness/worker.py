@@ -68,16 +68,33 @@ def _write_parquet(rows: list[dict], path: Path, columns: dict) -> None:
     pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], t) for c, t in columns.items()}), path)
 
 
+_ENCODED: dict[tuple, tuple[list, list]] = {}
+
+
+def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tokenizer) -> tuple[list, list]:
+    """A data set's rows and their token ids, kept for the worker's next cells (other methods and seeds of the same
+    arm and model reuse them; the chat template is rendered twice per example, which adds up for 8,000 rows)."""
+    from harness import data
+    from harness.train import encode_example
+
+    key = (str(results), dataset_id, model_fp, max_length)
+    if key not in _ENCODED:
+        rows = data.load_rows(results, dataset_id)
+        if len(_ENCODED) >= 4:  # a few data sets (a matrix's arms), bounded memory
+            _ENCODED.pop(next(iter(_ENCODED)))
+        _ENCODED[key] = rows, [encode_example(tokenizer, r["prompt"], r["response"], max_length) for r in rows]
+    return _ENCODED[key]
+
+
 def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, on_step) -> tuple[object, list, dict]:
     """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts."""
-    from harness import cost, data
-    from harness.train import batch_order, collate, encode_example, optimize, pack
+    from harness import cost
+    from harness.train import batch_order, collate, optimize, pack
 
     t0 = time.perf_counter()
-    rows = data.load_rows(cfg["results"], cfg["dataset_id"])
-    model = prepare_method(model, cfg["method_cfg"], cfg["seed"])
     tr = cfg["train"]
-    encoded = [encode_example(tokenizer, r["prompt"], r["response"], tr["max_length"]) for r in rows]
+    rows, encoded = _encoded(cfg["results"], cfg["dataset_id"], cfg["model_fingerprint"], tr["max_length"], tokenizer)
+    model = prepare_method(model, cfg["method_cfg"], cfg["seed"])
     lengths = [len(e.input_ids) for e in encoded]
     order = batch_order(lengths, tr["batch_size"], cfg["seed"], **cfg["budget"])
     out = {"examples": len(rows), "steps": len(order), "epochs": sum(map(len, order)) / len(rows),

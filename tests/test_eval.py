@@ -45,3 +45,11 @@ def test_unknown_task_is_reported():
     from harness.evaluate import check_tasks
 
     assert check_tasks(["skills_arith", "definitely_not_a_task"]) == ["definitely_not_a_task"]
+
+
+def test_reused_tasks_give_identical_scores(micro_model):
+    """Task objects are built once per process; a second evaluation must not be affected by the first."""
+    model, tok = micro_model
+    first = evaluate(model, tok, learn=["skills_facts"], forget=["world_mc"], limit=4)
+    again = evaluate(model, tok, learn=["skills_facts"], forget=["world_mc"], limit=4)
+    assert first.metrics == again.metrics and first.samples == again.samples
