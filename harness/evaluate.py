@@ -56,9 +56,13 @@ def task_fingerprint(names: list[str], tasks_dir: Path = TASKS_DIR) -> str:
         if path is None:
             parts.append(("registry", name))
             continue
-        cfg = task_config(name, tasks_dir)
-        data = sorted(world.stable_hash(Path(p).read_bytes())
-                      for p in cfg.get("dataset_kwargs", {}).get("data_files", {}).values())
+        # The YAML as written (data_files relative to tasks/) plus the data bytes: the same tasks give the
+        # same ids in any checkout, wherever it lives.
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        cfg = load_yaml(path)
+        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
+        data = sorted(world.stable_hash((path.parent / p).read_bytes()) for p in files.values())
         parts.append((name, json.dumps(cfg, sort_keys=True, default=str), data))
     return f"{world.stable_hash(parts):016x}"
 
