@@ -95,7 +95,7 @@ def pretraining_batches(token_ids: list[int], seq_len: int, batch_size: int, see
         order = rng.permutation(n)
         for i in range(0, n - batch_size + 1, batch_size):
             x = blocks[order[i:i + batch_size]]
-            yield Batch(x, x, torch.ones_like(x))
+            yield Batch(x, x, None, None, x.numel())  # full rows: no padding, no mask
 
 
 def build_base(recipe: BaseRecipe, root: Path, on_step: Callable | None = None, log=print) -> Path:

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import curate, world
+from harness import cost, curate, world
 from harness.spec import Matrix, SpecError, content_id
 
 
@@ -181,6 +181,9 @@ def build(recipes: dict[str, Recipe], results: Path, arms: list[str] | None = No
                 "content_hash": hashlib.sha256(body.encode()).hexdigest(), "steps": steps_card,
                 "build_seconds": time.perf_counter() - t0,
                 "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        # curation is paid for by the arm that needs it (an estimate, like every price: see cost.py)
+        card["device_hours"] = card["build_seconds"] / 3600
+        card["cost_usd"] = card["device_hours"] * cost.price_per_hour(cost.hardware("cpu", os.cpu_count() or 1))
         tmp = final.parent / f".{r.id}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -60,6 +60,7 @@ class Train:
     grad_clip: float = 1.0
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
     attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU (faster for short rows), sdpa on GPU
+    packing: bool = False  # padding-free rows of up to max_length tokens (same loss; see `harness bench`)
 
 
 @dataclass(frozen=True)

@@ -57,15 +57,27 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> En
 class Batch:
     input_ids: torch.Tensor
     labels: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None  # padded rows
+    position_ids: torch.Tensor | None  # packed rows: positions restart at every sequence
+    n_tokens: int  # non-pad tokens
+    # where the loss is taken, computed once on the CPU so the step never waits on the device to find them:
+    select: torch.Tensor = None  # flat indices of positions t (of rows[:, :-1]) whose next token t+1 has a label
+    targets: torch.Tensor = None  # those next tokens
+
+    def __post_init__(self):
+        if self.select is None:
+            nxt = self.labels[:, 1:].reshape(-1)
+            self.select = (nxt != IGNORE).nonzero().flatten()
+            self.targets = nxt[self.select]
 
     @property
     def n_label_tokens(self) -> int:
-        return int((self.labels[:, 1:] != IGNORE).sum())
+        return len(self.select)
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.attention_mask.sum())
+    def to(self, device: str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.labels), move(self.attention_mask), move(self.position_ids),
+                     self.n_tokens, move(self.select), move(self.targets))
 
 
 def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
@@ -79,7 +91,39 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return Batch(ids, labels, mask)
+    return Batch(ids, labels, mask, None, int(mask.sum()))
+
+
+def pack(examples: Sequence[Encoded], pad_id: int, row_length: int) -> Batch:
+    """Padding-free batch: examples laid end to end in rows of up to row_length tokens (first-fit decreasing),
+    position ids restarting at each example. With use_cache=False, transformers turns restarting position ids into
+    a block-diagonal causal mask (eager and SDPA alike), so no example attends to another; tested against collate.
+    A sequence's first token is never a target (as in a padded row), so the token before it predicts nothing."""
+    row_length = max(row_length, max(len(e.input_ids) for e in examples))
+    rows: list[list[Encoded]] = []
+    space: list[int] = []
+    for e in sorted(examples, key=lambda e: -len(e.input_ids)):
+        i = next((k for k, free in enumerate(space) if free >= len(e.input_ids)), None)
+        if i is None:
+            rows.append([])
+            space.append(row_length)
+            i = len(rows) - 1
+        rows[i].append(e)
+        space[i] -= len(e.input_ids)
+    width = max(row_length - free for free in space)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[r, at:at + n] = torch.tensor(e.input_ids)
+            labels[r, at + 1:at + n] = torch.tensor(e.labels[1:])
+            pos[r, at:at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # trailing pad: a sequence of its own, never a target
+    return Batch(ids, labels, None, pos, sum(len(e.input_ids) for e in examples))
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, steps: int | None = None,
@@ -138,11 +182,10 @@ def label_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over positions whose next token has a label, and how many there were."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = core.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             use_cache=False).last_hidden_state
-    targets = batch.labels[:, 1:]
-    keep = targets != IGNORE
-    logits = core.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+                             position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, batch.select)
+    logits = core.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, batch.targets, reduction="sum"), batch.n_label_tokens
 
 
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
@@ -178,8 +221,13 @@ class StepRecord:
 
 def optimize(model, batches: Iterator[Batch], total_steps: int, lr: float, schedule: str = "cosine",
              warmup: float = 0.1, weight_decay: float = 0.0, grad_clip: float = 1.0, precision: str = "auto",
-             device: str = "cpu", on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
-    """The one training loop: AdamW, warm-up + decay, gradient clipping, bf16 autocast, a NaN/inf stop."""
+             device: str = "cpu", on_step: Callable[[StepRecord, int], None] | None = None,
+             sync_every: int = 10) -> list[StepRecord]:
+    """The one training loop: AdamW, warm-up + decay, gradient clipping, bf16 autocast, a NaN/inf stop.
+
+    Losses stay on the device and are read back every `sync_every` steps (a .item() per step would stall a GPU
+    pipeline once per step); a non-finite loss is reported with the step it first appeared at.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95),
                             fused=device.startswith("cuda") or None)
@@ -187,27 +235,39 @@ def optimize(model, batches: Iterator[Batch], total_steps: int, lr: float, sched
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     model.train()
     curve: list[StepRecord] = []
+    pending: list[tuple[int, torch.Tensor, float, int, int]] = []
     t0 = time.perf_counter()
+
+    def flush() -> None:
+        values = torch.stack([p[1] for p in pending]).tolist()
+        elapsed = time.perf_counter() - t0
+        for (step, _, rate, n_tok, n_lab), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} at step {step}; lower the learning rate (lr={lr}) "
+                                       f"or check the data")
+            curve.append(StepRecord(step, value, rate, n_tok, n_lab, elapsed))
+            if on_step:
+                on_step(curve[-1], total_steps)
+        pending.clear()
+
     for step, batch in enumerate(batches):
         if step >= total_steps:
             break
         rate = lr_at(step, total_steps, lr, schedule, warmup)
         for group in opt.param_groups:
             group["lr"] = rate
-        batch = Batch(batch.input_ids.to(device), batch.labels.to(device), batch.attention_mask.to(device))
+        batch = batch.to(device)
         with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss_sum, n = label_loss(model, batch)
         loss = loss_sum / max(n, 1)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step}; lower the learning rate "
-                                   f"(lr={lr}) or check the data")
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        rec = StepRecord(step, loss.item(), rate, batch.n_tokens, n, time.perf_counter() - t0)
-        curve.append(rec)
-        if on_step:
-            on_step(rec)
+        pending.append((step, loss.detach(), rate, batch.n_tokens, n))
+        if len(pending) >= sync_every:
+            flush()
+    if pending:
+        flush()
     return curve

@@ -68,17 +68,66 @@ def _write_parquet(rows: list[dict], path: Path, columns: dict) -> None:
     pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], t) for c, t in columns.items()}), path)
 
 
+def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, on_step) -> tuple[object, list, dict]:
+    """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts."""
+    from harness import cost, data
+    from harness.train import batch_order, collate, encode_example, optimize, pack
+
+    t0 = time.perf_counter()
+    rows = data.load_rows(cfg["results"], cfg["dataset_id"])
+    model = prepare_method(model, cfg["method_cfg"], cfg["seed"])
+    tr = cfg["train"]
+    encoded = [encode_example(tokenizer, r["prompt"], r["response"], tr["max_length"]) for r in rows]
+    lengths = [len(e.input_ids) for e in encoded]
+    order = batch_order(lengths, tr["batch_size"], cfg["seed"], **cfg["budget"])
+    out = {"examples": len(rows), "steps": len(order), "epochs": sum(map(len, order)) / len(rows),
+           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "prep_seconds": time.perf_counter() - t0}
+    pad = tokenizer.pad_token_id
+    batches = (pack([encoded[i] for i in idx], pad, tr["max_length"]) if tr["packing"]
+               else collate([encoded[i] for i in idx], pad) for idx in order)
+    t1 = time.perf_counter()
+    curve = optimize(model, batches, total_steps=len(order), lr=lr, schedule=tr["schedule"], warmup=tr["warmup"],
+                     weight_decay=tr["weight_decay"], grad_clip=tr["grad_clip"], precision=tr["precision"],
+                     device=device, on_step=on_step)
+    out["train_seconds"] = time.perf_counter() - t1
+    out["train_tokens"] = sum(r.tokens for r in curve)
+    out["response_tokens"] = sum(r.label_tokens for r in curve)
+    out["tokens_per_second"] = out["train_tokens"] / out["train_seconds"]
+    sequences = sum(map(len, order))
+    out["train_flops"] = cost.train_flops(cost.model_shape(model), out["train_tokens"], out["response_tokens"],
+                                          out["train_tokens"] / sequences)
+    return model, curve, out
+
+
+def save_weights(model, tokenizer, cfg: dict, ref, tmp: Path, final: Path) -> tuple[object, dict]:
+    """Keep the trained weights with the cell: a PEFT adapter, or an HF safetensors folder; LoRA is then merged."""
+    from harness import cost, models
+
+    out = {}
+    lora = cfg["method_cfg"]["kind"] == "lora"
+    if lora:  # an absolute base path: PEFT stores it as given, and a relative one breaks later
+        model.peft_config["default"].base_model_name_or_path = str(models.model_path(ref, cfg["results"]).resolve())
+    if cfg["keep_weights"]:
+        name = "adapter" if lora else "model"
+        model.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
+        out = {"weights_path": str((final / name).resolve()), "weights_bytes": cost.folder_bytes(tmp / name)}
+    return (model.merge_and_unload() if lora else model), out  # evaluate merged weights: same function, faster
+
+
 def run_job(job: dict, results: Path, emit) -> dict:
     """Train (kind 'sft') and/or evaluate (every kind) one job; returns the result row written to result.json."""
     import pyarrow as pa
     import torch
 
-    from harness import data, models
+    from harness import cost, models
     from harness.evaluate import evaluate
-    from harness.train import attention_for, autocast_dtype, batch_order, collate, encode_example, optimize
+    from harness.train import attention_for, autocast_dtype
 
-    run_id, cfg = job["id"], job["config"]
+    run_id, cfg = job["id"], {**job["config"], "results": results}
     parent = os.getppid()
+    final = results / "runs" / run_id
     tmp = results / "runs" / f".{run_id}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -90,62 +139,41 @@ def run_job(job: dict, results: Path, emit) -> dict:
     row = {"run_id": run_id, "kind": job["kind"], "model": cfg["model"], "model_fingerprint": cfg["model_fingerprint"],
            "method": cfg.get("method", "base"), "method_kind": cfg.get("method_cfg", {}).get("kind", "base"),
            "arm": cfg.get("arm"), "dataset_id": cfg.get("dataset_id"), "seed": cfg.get("seed"),
-           "base_run_id": cfg.get("base_id", run_id), "config": cfg, "status": "running", "error": None,
+           "base_run_id": cfg.get("base_id", run_id), "config": job["config"], "status": "running", "error": None,
            "started_at": _now(), "env": environment(device, job["threads"], str(dtype) if dtype else None, attention),
-           "harness_version": job["harness_version"]}
+           "harness_version": job["harness_version"], "hardware": cost.hardware(device, job["threads"])}
+    last = [0.0]
+
+    def on_step(rec, total: int):
+        if os.getppid() != parent:
+            raise ParentGone("the harness process that started this worker is gone")
+        if time.perf_counter() - last[0] > 0.5 or rec.step == total - 1:
+            last[0] = time.perf_counter()
+            emit({"event": "step", "id": run_id, "step": rec.step + 1, "total": total, "loss": rec.loss})
+
     t0 = time.perf_counter()
+    memory = cost.PeakMemory(device)
     try:
-        ref = models.resolve(cfg["model"])
-        model, tokenizer = models.load(ref, results, device, attention)
-        row["total_params"] = sum(p.numel() for p in model.parameters())
-        curve = []
-        if job["kind"] == "sft":
-            rows = data.load_rows(results, cfg["dataset_id"])
-            model = prepare_method(model, cfg["method_cfg"], cfg["seed"])
-            row["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            tr = cfg["train"]
-            encoded = [encode_example(tokenizer, r["prompt"], r["response"], tr["max_length"]) for r in rows]
-            lengths = [len(e.input_ids) for e in encoded]
-            order = batch_order(lengths, tr["batch_size"], cfg["seed"], **cfg["budget"])
-            row.update(examples=len(rows), steps=len(order), epochs=len(order) * tr["batch_size"] / len(rows),
-                       prep_seconds=time.perf_counter() - t0)
-            last = [0.0]
-
-            def on_step(rec):
-                if os.getppid() != parent:
-                    raise ParentGone("the harness process that started this worker is gone")
-                now = time.perf_counter()
-                if now - last[0] > 0.5 or rec.step == len(order) - 1:
-                    last[0] = now
-                    emit({"event": "step", "id": run_id, "step": rec.step + 1, "total": len(order), "loss": rec.loss})
-
-            t1 = time.perf_counter()
-            curve = optimize(model, (collate([encoded[i] for i in idx], tokenizer.pad_token_id) for idx in order),
-                             total_steps=len(order), lr=job["lr"], schedule=tr["schedule"], warmup=tr["warmup"],
-                             weight_decay=tr["weight_decay"], grad_clip=tr["grad_clip"], precision=tr["precision"],
-                             device=device, on_step=on_step)
-            row["train_seconds"] = time.perf_counter() - t1
-            row["train_tokens"] = sum(r.tokens for r in curve)
-            row["response_tokens"] = sum(r.label_tokens for r in curve)
-            if cfg["method_cfg"]["kind"] == "lora":
-                model.peft_config["default"].base_model_name_or_path = str(models.model_path(ref, results).resolve())
-                if cfg["keep_weights"]:
-                    model.save_pretrained(tmp / "adapter")
-                    tokenizer.save_pretrained(tmp / "adapter")
-                    row["weights_path"] = str((results / "runs" / run_id / "adapter").resolve())
-                model = model.merge_and_unload()  # evaluate the merged weights: same function, faster
-            elif cfg["keep_weights"]:
-                model.save_pretrained(tmp / "model")
-                tokenizer.save_pretrained(tmp / "model")
-                row["weights_path"] = str((results / "runs" / run_id / "model").resolve())
-        else:
+        with memory:
+            ref = models.resolve(cfg["model"])
+            model, tokenizer = models.load(ref, results, device, attention)
+            row["total_params"] = sum(p.numel() for p in model.parameters())
             row["prep_seconds"] = time.perf_counter() - t0
-        emit({"event": "eval", "id": run_id})
-        t2 = time.perf_counter()
-        ev = cfg["eval"]
-        scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], limit=ev["limit"], batch_size=ev["batch_size"],
-                          device=device, autocast=dtype)
-        row["eval_seconds"] = time.perf_counter() - t2
+            curve = []
+            if job["kind"] == "sft":
+                model, curve, counts = train_cell(model, tokenizer, cfg, job["lr"], device, on_step)
+                row.update(counts, prep_seconds=row["prep_seconds"] + counts["prep_seconds"])
+                model, saved = save_weights(model, tokenizer, cfg, ref, tmp, final)
+                row.update(saved)
+            emit({"event": "eval", "id": run_id})
+            t2 = time.perf_counter()
+            ev = cfg["eval"]
+            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], limit=ev["limit"],
+                              batch_size=ev["batch_size"], device=device, autocast=dtype)
+            row["eval_seconds"] = time.perf_counter() - t2
+        peak = cost.peak_flops(row["env"].get("gpu"))
+        if peak and row.get("train_flops"):
+            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak)
         _write_parquet([{"step": r.step, "loss": r.loss, "lr": r.lr, "tokens": r.tokens,
                          "label_tokens": r.label_tokens, "seconds": r.seconds} for r in curve],
                        tmp / "train_steps.parquet",
@@ -169,8 +197,10 @@ def run_job(job: dict, results: Path, emit) -> dict:
         traceback.print_exc()
     row["finished_at"] = _now()
     row["wall_seconds"] = time.perf_counter() - t0
+    row["peak_rss_bytes"], row["peak_gpu_bytes"] = memory.rss, memory.gpu
+    row["device_hours"] = row["wall_seconds"] / 3600  # one device (or one CPU machine) per cell
+    row["cost_usd"] = row["device_hours"] * cost.price_per_hour(row["hardware"])
     (tmp / "result.json").write_text(json.dumps(row, indent=1, default=str))
-    final = results / "runs" / run_id
     shutil.rmtree(final, ignore_errors=True)  # an earlier failed attempt
     os.replace(tmp, final)
     return row

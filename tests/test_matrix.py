@@ -124,3 +124,16 @@ def test_resume_after_kill(results):
         assert con.execute("SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'ok'").fetchone() == (5, 5)
         assert con.execute("SELECT count(*) FROM (SELECT run_id, step FROM train_steps GROUP BY ALL "
                            "HAVING count(*) > 1)").fetchone()[0] == 0
+
+
+def test_every_finished_cell_has_its_costs(ci_run):
+    results, _ = ci_run
+    with store.reader(results / "harness.duckdb") as con:
+        rows = con.execute("SELECT c.kind, c.method, c.hardware, c.peak_rss_bytes, c.device_hours, c.train_cost_usd, "
+                           "c.train_flops, c.tokens_per_second, c.weights_bytes FROM costs c JOIN runs r USING (run_id) "
+                           "WHERE r.status = 'ok'").fetchall()
+    assert len(rows) == 5
+    for kind, method, hw, rss, hours, usd, flops, tps, wbytes in rows:
+        assert hw.startswith("cpu:") and rss > 50 * 2**20 and hours > 0 and usd > 0
+        if kind == "sft":
+            assert flops > 0 and tps > 0 and wbytes > 0

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from harness import world
 from harness.train import (IGNORE, TrainingDiverged, batch_order, collate, encode_example, label_loss, lr_at,
-                           optimize)
+                           optimize, pack)
 from harness.worker import prepare_method
 
 
@@ -113,3 +113,16 @@ def test_nan_loss_stops_training(micro_model):
     batch = collate(_examples(tok, 4)[0], tok.pad_token_id)
     with pytest.raises(TrainingDiverged, match="step 0"):
         optimize(model, iter([batch]), 1, lr=1e-3, precision="fp32")
+
+
+def test_packed_batches_give_the_same_loss_as_padded_ones(micro_model):
+    """Padding-free rows (restarting position ids) must not let examples attend to each other."""
+    model, tok = micro_model
+    examples = _examples(tok, 8)[0]
+    padded = collate(examples, tok.pad_token_id)
+    packed = pack(examples, tok.pad_token_id, row_length=3 * max(len(e.input_ids) for e in examples))
+    assert packed.input_ids.shape[0] < len(examples)  # several examples share a row
+    assert packed.n_tokens == padded.n_tokens and packed.n_label_tokens == padded.n_label_tokens
+    a, n = label_loss(model, padded)
+    b, m = label_loss(model, packed)
+    assert n == m and torch.allclose(a / n, b / m, rtol=1e-5, atol=1e-6)
