@@ -354,7 +354,7 @@ def charts(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[s
     if len(a):
         a["pareto"] = pareto(a["cost"].to_numpy(float), a["learn"].to_numpy(float))
         a["config"] = a["method"] + " / " + a["arm"]
-        x = alt.X("cost:Q", scale=alt.Scale(type="log"), title=title)
+        x = alt.X("cost:Q", scale=alt.Scale(type="log", nice=False, padding=24), title=title)
         enc = alt.Chart(data("arms", a[["config", "method", "arm", "role", "cost", "learn", "learn_lo", "learn_hi",
                                          "pareto"]]))
         front = a[a["pareto"]].sort_values("cost")
