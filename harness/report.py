@@ -173,12 +173,10 @@ def loss_curves(con, runs: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def sample_browser(con, runs: pd.DataFrame) -> list[dict]:
+def sample_browser(con, runs: pd.DataFrame) -> dict | None:
     """For each task with text responses: the examples on which the base and one run per method x arm (the lowest
     seed) disagree most, with every response side by side."""
-    pick = runs.sort_values(["kind", "seed"]).drop_duplicates(["model", "method", "arm"])
-    pick = pick.sort_values(["model", "kind", "method", "arm"], key=lambda c: c.map({"base": "0"}).fillna(c)
-                            if c.name == "kind" else c)
+    pick = runs.sort_values(["kind", "model", "method", "arm", "seed"]).drop_duplicates(["model", "method", "arm"])
     pick = pick.assign(col=np.arange(len(pick)),
                        label=[f"{m} base" if k == "base" else f"{m} {me} / {a} (seed {int(s)})"
                               for m, k, me, a, s in zip(pick["model"], pick["kind"], pick["method"], pick["arm"],
@@ -193,18 +191,17 @@ def sample_browser(con, runs: pd.DataFrame) -> list[dict]:
                                                  ORDER BY coalesce(stddev_pop(score), 0) DESC, doc_id) <= {BROWSER_DOCS})
         SELECT s.* FROM s JOIN docs USING (task, doc_id) ORDER BY s.task, s.doc_id, s.col""").df()
     con.unregister("_pick")
-    labels = list(pick["label"])
-    out = []
+    tasks = []
     for task, g in rows.groupby("task", sort=True):
         docs = []
         for doc_id, d in g.groupby("doc_id", sort=True):
             by_col = {int(c): (r, sc) for c, r, sc in zip(d["col"], d["response"], d["score"])}
+            cells = [by_col.get(c, ("", None)) for c in range(len(pick))]
             docs.append({"doc_id": int(doc_id), "prompt": d["prompt"].iloc[0], "target": d["target"].iloc[0],
-                         "cells": [{"response": by_col.get(c, ("", None))[0] or "(empty)",
-                                    "score": _num(by_col.get(c, ("", None))[1], 2),
-                                    "ok": by_col.get(c, ("", None))[1] == 1} for c in range(len(labels))]})
-        out.append({"task": task, "docs": docs})
-    return [{"labels": labels, "tasks": out}] if out else []
+                         "cells": [{"response": r or "(empty)", "score": _num(sc, 2), "ok": sc == 1}
+                                   for r, sc in cells]})
+        tasks.append({"task": task, "docs": docs})
+    return {"labels": list(pick["label"]), "tasks": tasks} if tasks else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
