@@ -450,7 +450,7 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
     context = {
         "matrix": name, "db": str(db.resolve()), "version": __version__,
         "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "opts": opts, "n_runs": int((s.runs["kind"] == "sft").sum()),
+        "opts": opts, "n_runs": int((s.runs["kind"] == "sft").sum()), "superseded": s.superseded,
         "tasks": [{"name": t.name, "group": t.group, "metric": t.metric, "n": len(t.doc_ids),
                    "direction": "higher is better" if t.higher_is_better else "lower is better"}
                   for t in s.tasks.values()],

@@ -193,6 +193,7 @@ class Scores:
     matrix: str
     runs: pd.DataFrame  # one row per finished run of the matrix (row i = row i of every Task.scores)
     tasks: dict[str, Task] = field(default_factory=dict)
+    superseded: int = 0  # older runs of the same cell left out (see _latest)
 
 
 def arm_role(recipe: str | dict | None) -> str | None:
@@ -208,6 +209,19 @@ def arm_role(recipe: str | dict | None) -> str | None:
 ROLE_ORDER = {"curated": 0, "random control": 1, "bulk": 2}
 
 
+def _latest(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One run per cell (model, method, arm, seed): the last finished. A matrix keeps the cells of its earlier
+    versions (a changed config gives new cell ids), and those must not count as extra seeds. The base runs kept
+    are the ones the kept runs compare against (or, with no trained run, the last one per model)."""
+    sft = runs[runs["kind"] == "sft"].sort_values("finished_at", ascending=False) \
+        .drop_duplicates(["model", "method", "arm", "seed"])
+    base = runs[runs["kind"] != "sft"]
+    base = base[base["run_id"].isin(sft["base_run_id"])] if len(sft) else \
+        base.sort_values("finished_at", ascending=False).drop_duplicates(["model"])
+    kept = runs[runs["run_id"].isin(set(sft["run_id"]) | set(base["run_id"]))].reset_index(drop=True)
+    return kept, len(runs) - len(kept)
+
+
 def load(con, matrix: str) -> Scores:
     """Every finished run of `matrix` and its per-example primary scores, as arrays (one query over samples)."""
     runs = con.execute("""
@@ -218,9 +232,10 @@ def load(con, matrix: str) -> Scores:
         LEFT JOIN datasets d ON d.dataset_id = r.dataset_id
         WHERE m.matrix = ? AND r.status = 'ok'
         ORDER BY r.kind = 'sft', r.model, r.method, r.arm, r.seed, r.run_id""", [matrix]).df()
+    runs, superseded = _latest(runs)
     runs["role"] = [arm_role(r) if k == "sft" else None for r, k in zip(runs["recipe"], runs["kind"])]
     runs["row"] = np.arange(len(runs))
-    out = Scores(matrix, runs)
+    out = Scores(matrix, runs, superseded=superseded)
     if runs.empty:
         return out
     con.register("_stat_runs", runs[["run_id", "row"]])

@@ -79,6 +79,28 @@ def test_point_estimates_agree_with_evals_and_summary(syn):
     assert bad == []
 
 
+def test_an_older_run_of_the_same_cell_is_left_out(tmp_path):
+    """A matrix keeps the cells of its earlier versions: each (method, arm, seed) must count once, the latest."""
+    db = synthetic_db.build(tmp_path / "dup.duckdb", seeds=2, docs=40)
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TEMP TABLE old AS SELECT * FROM runs WHERE run_id = 'full-cura-0'")
+        con.execute("UPDATE old SET run_id = 'old-run', finished_at = TIMESTAMP '2025-01-01'")
+        con.execute("INSERT INTO runs SELECT * FROM old")
+        con.execute("INSERT INTO matrix_cells VALUES ('synthetic', 'old-run')")
+        con.execute("INSERT INTO samples SELECT 'old-run', task, task_group, doc_id, prompt, target, response, 0, "
+                    "metrics FROM samples WHERE run_id = 'full-cura-0'")
+        con.execute("INSERT INTO evals SELECT 'old-run', task, task_group, metric, 0, stderr, n, higher_is_better, "
+                    "is_primary FROM evals WHERE run_id = 'full-cura-0'")
+    res = runner.invoke(app, ["report", "--db", str(db), "-o", str(tmp_path / "dup.html")])
+    assert res.exit_code == 0, res.output
+    assert "1 older run(s) of the same cells" in (tmp_path / "dup.html").read_text()
+    arm = _rows(db, "SELECT n_seeds, value FROM stat_arms WHERE method = 'full' AND arm = 'curated' "
+                    "AND metric = 'learn'")[0]
+    learn = _rows(db, "SELECT avg(learn) AS v FROM summary WHERE method = 'full' AND arm = 'curated' "
+                      "AND run_id != 'old-run'")[0]["v"]
+    assert arm["n_seeds"] == 2 and arm["value"] == pytest.approx(learn)
+
+
 def test_stats_api_reproduces_the_report(syn):
     """harness check (#7) can call stats.compare on arrays and get the report's numbers."""
     db, _ = syn
