@@ -255,6 +255,35 @@ def sql_cmd(query: str = typer.Argument(..., help="A SQL query (read-only)."),
         print_table(cols, rows)
 
 
+@app.command("report")
+def report_cmd(matrix: Optional[str] = typer.Argument(None, help="Matrix name in the database, or its YAML file "
+                                                                "(default: the most recently run matrix)."),
+               output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                     help="HTML file to write (default: reports/MATRIX.html)."),
+               n_boot: int = typer.Option(1000, "--boot", help="Bootstrap resamples."),
+               results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Compute the statistics of a matrix (stored in the stat_* tables) and write its self-contained HTML report."""
+    import time
+
+    from harness import report, stats
+
+    t0 = time.perf_counter()
+    if matrix and matrix.endswith((".yaml", ".yml")):
+        from harness.spec import load_matrix
+
+        try:
+            matrix = load_matrix(matrix).name
+        except _input_errors() as e:
+            raise fail(str(e)) from None
+    if n_boot < 100:
+        raise fail(f"--boot: expected at least 100 resamples, got {n_boot}")
+    try:
+        path = report.build(_db(db, results), matrix, output, stats.Options(n_boot=n_boot))
+    except (FileNotFoundError, report.ReportError) as e:
+        raise fail(str(e)) from None
+    out.print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)", highlight=False)
+
+
 def main() -> None:
     app()
 

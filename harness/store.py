@@ -97,6 +97,25 @@ MIGRATIONS: list[tuple[str, str]] = [
         matrix VARCHAR, finished_at TIMESTAMP, cells_run INTEGER, failed INTEGER, workers INTEGER,
         wall_seconds DOUBLE, compute_seconds DOUBLE, overhead_seconds DOUBLE, overhead_parts JSON);
     """),
+    ("statistics", """
+    -- written by `harness report` (harness/stats.py); intervals are two-way bootstrap (seeds x examples) intervals
+    -- metric: learn | learn_gain | forget (as in the summary view) | <task> (primary metric) | <task>:vs_base
+    CREATE TABLE stat_runs (
+        matrix VARCHAR, run_id VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+        higher_is_better BOOLEAN, n_examples INTEGER, PRIMARY KEY (matrix, run_id, metric));
+    CREATE TABLE stat_arms (            -- mean over seeds of (model, method, arm); the base model is method 'base'
+        matrix VARCHAR, model VARCHAR, method VARCHAR, method_kind VARCHAR, arm VARCHAR, role VARCHAR,
+        metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, higher_is_better BOOLEAN, n_seeds INTEGER,
+        seeds JSON, n_examples INTEGER);
+    CREATE TABLE stat_comparisons (     -- a vs b paired by seed and example; diff = a - b, better: 'a' | 'b'
+        matrix VARCHAR, kind VARCHAR, model VARCHAR, a_method VARCHAR, a_arm VARCHAR, b_method VARCHAR,
+        b_arm VARCHAR, metric VARCHAR, higher_is_better BOOLEAN, a_value DOUBLE, b_value DOUBLE, diff DOUBLE,
+        ci_low DOUBLE, ci_high DOUBLE, se DOUBLE, effect_size DOUBLE, p_value DOUBLE, p_mcnemar DOUBLE,
+        p_holm DOUBLE, q_bh DOUBLE, significant BOOLEAN, better VARCHAR, n_seeds INTEGER, n_examples INTEGER,
+        matched VARCHAR);
+    CREATE TABLE stat_params (matrix VARCHAR PRIMARY KEY, n_boot INTEGER, confidence DOUBLE, alpha DOUBLE,
+        seed INTEGER, computed_at TIMESTAMP DEFAULT current_timestamp);
+    """),
 ]
 
 

@@ -32,3 +32,20 @@ def micro_model(micro_base):
 
     return AutoModelForCausalLM.from_pretrained(micro_base, attn_implementation="eager"), \
         AutoTokenizer.from_pretrained(micro_base)
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory, micro_base):
+    """The CI matrix run once through the CLI, then its report (the README's queries read the stat_* tables too);
+    later tests (matrix, report) read its database."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    results = tmp_path_factory.mktemp("run") / "results"
+    shutil.copytree(micro_base, results / "bases" / micro_base.name)
+    res = CliRunner().invoke(app, ["matrix", "run", str(CI_MATRIX), "--results", str(results)])
+    assert res.exit_code == 0, res.output
+    rep = CliRunner().invoke(app, ["report", "ci", "--results", str(results), "-o", str(results / "ci.html")])
+    assert rep.exit_code == 0, rep.output
+    return results, res.output

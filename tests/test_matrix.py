@@ -20,18 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory, micro_base):
-    """The CI matrix run once through the CLI; later tests read its database."""
-    import shutil
-
-    results = tmp_path_factory.mktemp("run") / "results"
-    shutil.copytree(micro_base, results / "bases" / micro_base.name)
-    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--results", str(results)])
-    assert res.exit_code == 0, res.output
-    return results, res.output
-
-
 def test_matrix_runs_end_to_end(ci_run):
     results, output = ci_run
     db = results / "harness.duckdb"

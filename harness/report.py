@@ -1,0 +1,474 @@
+"""`harness report`: one self-contained HTML file per matrix, with the statistics behind every number.
+
+Reads the database read-only, computes the statistics (harness/stats.py), writes them to the stat_* tables (one
+short write transaction), and renders charts (Vega-Lite specs built with altair, drawn in the browser by the Vega
+libraries inlined into the file: ~0.9 MB, against ~4.7 MB for plotly's bundle) and tables through a jinja2 template
+with autoescaping, so any text from the data (prompts, responses, names) is shown as text, never run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import __version__, stats, store
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
+BROWSER_DOCS = 8  # examples per task in the sample browser
+LOSS_POINTS = 200  # points per loss curve (a longer run is averaged into this many buckets)
+
+
+class ReportError(ValueError):
+    pass
+
+
+def resolve_matrix(con, name: str | None, db: Path) -> str:
+    """The named matrix, or the one whose last trained cell finished most recently."""
+    known = [m for (m,) in con.execute("""
+        SELECT m.matrix FROM matrix_cells m JOIN runs r USING (run_id) GROUP BY m.matrix
+        ORDER BY bool_or(r.kind = 'sft') DESC, max(r.finished_at) DESC NULLS LAST, m.matrix""").fetchall()]
+    if not known:
+        raise ReportError(f"{db}: no matrix has been run yet (run `harness matrix run` first)")
+    if name is None:
+        return known[0]
+    if name not in known:
+        raise ReportError(f"{db}: no matrix named {name!r}; expected one of {', '.join(known)}")
+    return name
+
+
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script. Building it takes seconds, so it is cached per version."""
+    import altair as alt
+    import vl_convert
+
+    version = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # the Vega-Lite that altair writes specs for
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness"
+    path = cache / f"vega-embed-{vl_convert.get_vega_embed_version()}-vl{version}.js"
+    if path.exists():
+        return path.read_text()
+    js = vl_convert.javascript_bundle(vl_version=version)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(js)
+    os.replace(tmp, path)
+    return js
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numbers to text
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or pd.isna(v) or not np.isfinite(v):
+        return "–"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}f}"
+
+
+def _count(v) -> str:
+    return "–" if v is None or pd.isna(v) else f"{round(float(v)):,}"
+
+
+def _cost(v, column: str) -> str:
+    return _count(v) if column == "train_tokens" or v is None or pd.isna(v) else f"{float(v):.3g}"
+
+
+def _ci(v, lo, hi, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str | tuple[str, str]:
+    """A value and its interval, shown on two lines by the template."""
+    if v is None or pd.isna(v):
+        return "–"
+    return f"{v * scale:.{digits}f}{suffix}", f"[{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+
+
+def _p(p) -> str:
+    if p is None or pd.isna(p):
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """JSON-safe rows for a chart (NaN is not JSON: it becomes null)."""
+    return json.loads(df.to_json(orient="records"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What was run
+
+
+def matrix_of(s: stats.Scores):
+    """The matrix spec, as far as its runs' configs tell it (for spec.matched_description)."""
+    from harness.spec import Budget, Eval, Matrix, Method, Train
+
+    sft = s.runs[s.runs["kind"] == "sft"]
+    if sft.empty:
+        return None
+    cfg = json.loads(sft["config"].iloc[0])
+
+    def make(cls, d):
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    methods = {m: make(Method, json.loads(c)["method_cfg"]) for m, c in zip(sft["method"], sft["config"])}
+    return Matrix(name=s.matrix, models=list(dict.fromkeys(sft["model"])), methods=methods,
+                  seeds=sorted(int(x) for x in sft["seed"].unique()), budget=make(Budget, cfg["budget"]),
+                  train=make(Train, cfg["train"]), eval=make(Eval, cfg["eval"]))
+
+
+def data_cards(con, runs: pd.DataFrame) -> list[dict]:
+    """One card per arm: its source, each curation step with counts in and out, and the main reasons for drops."""
+    arms = runs[runs["kind"] == "sft"].drop_duplicates("arm")[["arm", "role", "dataset_id"]]
+    if arms.empty:
+        return []
+    con.register("_card_arms", arms)
+    ds = con.execute("""SELECT a.arm, d.dataset_id, d.recipe, d.n_examples, d.n_by_skill, d.parent
+                        FROM _card_arms a LEFT JOIN datasets d USING (dataset_id)""").df()
+    steps = con.execute("""SELECT a.arm, s.step_index, s.step, s.params, s.n_in, s.n_out
+                           FROM _card_arms a JOIN data_steps s USING (dataset_id) ORDER BY a.arm, s.step_index""").df()
+    reasons = con.execute("""
+        SELECT a.arm, d.step_index, regexp_replace(d.reason, ' (of|for) .*| score .*', '') AS why, count(*) AS n
+        FROM _card_arms a JOIN data_decisions d USING (dataset_id) GROUP BY a.arm, d.step_index, why
+        QUALIFY row_number() OVER (PARTITION BY a.arm, d.step_index ORDER BY count(*) DESC, why) <= 4""").df()
+    con.unregister("_card_arms")
+    cards = []
+    for arm, role in zip(arms["arm"], arms["role"]):
+        d = ds[ds["arm"] == arm].iloc[0]
+        recipe = json.loads(d["recipe"]) if isinstance(d["recipe"], str) else {}
+        src = recipe.get("source", {})
+        source = src.get("kind", "?") + (f", {src['size']:,} examples, seed {src.get('seed')}" if "size" in src
+                                         else f" {src.get('path', '')}")
+        defects = ", ".join(f"{k} {v:.0%}" for k, v in (src.get("defects") or {}).items() if v)
+        rows = []
+        for _, st in steps[steps["arm"] == arm].iterrows():
+            why = reasons[(reasons["arm"] == arm) & (reasons["step_index"] == st["step_index"])]
+            params = {k: v for k, v in json.loads(st["params"] or "{}").items() if k != "like_dataset"}
+            rows.append({"step": st["step"], "params": ", ".join(f"{k}={v}" for k, v in params.items()),
+                         "n_in": f"{st['n_in']:,}", "n_out": f"{st['n_out']:,}",
+                         "dropped": f"{st['n_in'] - st['n_out']:,}",
+                         "why": "; ".join(f"{w} ({n:,})" for w, n in zip(why["why"], why["n"]))})
+        skills = json.loads(d["n_by_skill"]) if isinstance(d["n_by_skill"], str) else {}
+        cards.append({"arm": arm, "role": role or "?", "dataset_id": d["dataset_id"], "source": source,
+                      "defects": defects, "steps": rows,
+                      "n_examples": "?" if pd.isna(d["n_examples"]) else f"{int(d['n_examples']):,}",
+                      "skills": ", ".join(f"{k} {v:,}" for k, v in sorted(skills.items()))})
+    return cards
+
+
+def loss_curves(con, runs: pd.DataFrame) -> pd.DataFrame:
+    sft = runs[runs["kind"] == "sft"][["run_id", "method", "arm", "seed"]]
+    if sft.empty:
+        return pd.DataFrame(columns=["run_id", "method", "arm", "seed", "step", "loss"])
+    con.register("_loss_runs", sft)
+    df = con.execute(f"""
+        WITH t AS (SELECT s.run_id, s.step, s.loss,
+                          greatest(1, ceil(max(s.step) OVER (PARTITION BY s.run_id) / {LOSS_POINTS}))::INT AS k
+                   FROM train_steps s JOIN _loss_runs USING (run_id))
+        SELECT r.run_id, r.method, r.arm, r.seed, min(t.step) + 1 AS step, avg(t.loss) AS loss
+        FROM t JOIN _loss_runs r USING (run_id) GROUP BY r.run_id, r.method, r.arm, r.seed, t.step // t.k
+        ORDER BY r.run_id, step""").df()
+    con.unregister("_loss_runs")
+    return df
+
+
+def sample_browser(con, runs: pd.DataFrame) -> dict | None:
+    """For each task with text responses: the examples on which the base and one run per method x arm (the lowest
+    seed) disagree most, with every response side by side."""
+    pick = runs.sort_values(["kind", "model", "method", "arm", "seed"]).drop_duplicates(["model", "method", "arm"])
+    pick = pick.assign(col=np.arange(len(pick)),
+                       label=[f"{m} base" if k == "base" else f"{m} {me} / {a} (seed {int(s)})"
+                              for m, k, me, a, s in zip(pick["model"], pick["kind"], pick["method"], pick["arm"],
+                                                        pick["seed"].fillna(0))])
+    con.register("_pick", pick[["run_id", "col"]])
+    rows = con.execute(f"""
+        WITH s AS (SELECT s.task, s.doc_id, p.col, s.prompt, s.target, s.response, s.score
+                   FROM samples s JOIN _pick p USING (run_id)),
+             tasks AS (SELECT task FROM s GROUP BY task HAVING max(length(response)) > 0),
+             docs AS (SELECT task, doc_id FROM s JOIN tasks USING (task) GROUP BY task, doc_id
+                      QUALIFY row_number() OVER (PARTITION BY task
+                                                 ORDER BY coalesce(stddev_pop(score), 0) DESC, doc_id) <= {BROWSER_DOCS})
+        SELECT s.* FROM s JOIN docs USING (task, doc_id) ORDER BY s.task, s.doc_id, s.col""").df()
+    con.unregister("_pick")
+    tasks = []
+    for task, g in rows.groupby("task", sort=True):
+        docs = []
+        for doc_id, d in g.groupby("doc_id", sort=True):
+            by_col = {int(c): (r, sc) for c, r, sc in zip(d["col"], d["response"], d["score"])}
+            cells = [by_col.get(c, ("", None)) for c in range(len(pick))]
+            docs.append({"doc_id": int(doc_id), "prompt": d["prompt"].iloc[0], "target": d["target"].iloc[0],
+                         "cells": [{"response": r or "(empty)", "score": _num(sc, 2), "ok": sc == 1}
+                                   for r, sc in cells]})
+        tasks.append({"task": task, "docs": docs})
+    return {"labels": list(pick["label"]), "tasks": tasks} if tasks else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and charts
+
+
+def cost_axis(runs: pd.DataFrame) -> tuple[str, str, str]:
+    """(column, axis title, sentence): the best cost measure every trained run has."""
+    sft = runs[runs["kind"] == "sft"]
+    if len(sft) and sft["total_cost_usd"].notna().all():
+        return "total_cost_usd", "estimated cost, training + curation (USD, log scale)", \
+            "estimated US dollars per run (training device-hours x price, plus the arm's curation cost)"
+    if len(sft) and sft["train_flops"].notna().all():
+        return "train_flops", "training compute (FLOPs, estimate; log scale)", "estimated training FLOPs per run"
+    return "train_tokens", "training tokens (non-pad tokens trained on; log scale)", \
+        "training tokens per run (cost estimates in USD or FLOPs are not filled in for these runs)"
+
+
+def pareto(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mask of the points no other point beats on both cost (lower) and score (higher)."""
+    order = np.lexsort((-y, x))  # cheapest first; at equal cost the best first
+    ys = y[order]
+    cheaper_best = np.concatenate([[-np.inf], np.maximum.accumulate(ys)[:-1]])
+    front = np.zeros(len(x), bool)
+    front[order] = ys > cheaper_best
+    return front
+
+
+def _arm_wide(arms: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per (model, method, arm): value, ci_low, ci_high of each metric as metric, metric_lo, metric_hi."""
+    keys = ["model", "method", "method_kind", "arm", "role", "n_seeds", "seeds"]
+    sub = arms[arms["metric"].isin(metrics)].fillna({"arm": "", "role": ""})
+    wide = sub.pivot_table(index=keys, columns="metric", values=["value", "ci_low", "ci_high"], aggfunc="first")
+    wide.columns = [m if v == "value" else f"{m}_{'lo' if v == 'ci_low' else 'hi'}" for v, m in wide.columns]
+    return wide.reset_index()
+
+
+def headline(s: stats.Scores, t: stats.Tables, cost_col: str) -> tuple[list[str], list[list[str]]]:
+    forget_tasks = [n for n, task in s.tasks.items() if task.group == "forget"]
+    mets = ["learn", "learn_gain", "forget"] + [f"{n}:vs_base" for n in forget_tasks]
+    wide = _arm_wide(t.arms, mets)
+    per = s.runs.groupby(["model", "method", s.runs["arm"].fillna("")]).agg(
+        examples=("examples", "mean"), epochs=("epochs", "mean"), tokens=("train_tokens", "mean"),
+        cost=(cost_col, "mean")).reset_index()
+    wide = wide.merge(per, on=["model", "method", "arm"], how="left")
+    wide["_o"] = wide["method_kind"].eq("base").map({True: 0, False: 1})
+    wide = wide.sort_values(["model", "_o", "method", "role"], key=lambda c: c.map(stats.ROLE_ORDER).fillna(9)
+                            if c.name == "role" else c)
+    cols = ["model", "method", "arm (role)", "seeds", "examples", "epochs", f"{cost_col.replace('_', ' ')}",
+            "learn", "Δ learn vs base", "forget (relative)"] + \
+        [f"{n} {s.tasks[n].metric} {'lost' if s.tasks[n].higher_is_better else 'gained'}" for n in forget_tasks]
+    rows = []
+    for _, r in wide.iterrows():
+        base = r["method_kind"] == "base"
+        arm = "–" if base else r["arm"] if r["arm"] == r["role"] else f"{r['arm']} ({r['role']})"
+        row = [r["model"], r["method"], arm, str(r["n_seeds"]),
+               _count(r["examples"]), "–" if base else f"{r['epochs']:.2f}", _cost(r["cost"], cost_col),
+               _ci(r.get("learn"), r.get("learn_lo"), r.get("learn_hi")),
+               "–" if base else _ci(r.get("learn_gain"), r.get("learn_gain_lo"), r.get("learn_gain_hi"), 3),
+               "–" if base else _ci(r.get("forget"), r.get("forget_lo"), r.get("forget_hi"), 1, 100, "%")]
+        for n in forget_tasks:  # forgotten = -(oriented change vs base): its interval flips too
+            v, lo, hi = r.get(f"{n}:vs_base"), r.get(f"{n}:vs_base_lo"), r.get(f"{n}:vs_base_hi")
+            row.append("–" if base else _ci(-v, -hi, -lo, 3))
+        rows.append(row)
+    return cols, rows
+
+
+def comparison_rows(cmp: pd.DataFrame, metrics: set[str] | None) -> list[dict]:
+    out = []
+    sub = cmp if metrics is None else cmp[cmp["metric"].isin(metrics)]
+    for _, c in sub.iterrows():
+        a = c["a_arm"] if c["kind"] == "arms" else c["a_method"]
+        b = c["b_arm"] if c["kind"] == "arms" else c["b_method"]
+        within = c["a_method"] if c["kind"] == "arms" else c["a_arm"]
+        scale, suffix, digits = (100, "%", 1) if c["metric"] == "forget" else (1, "", 3)
+        out.append({"what": f"{c['model']} {within}: {a} vs {b}", "metric": c["metric"],
+                    "a": _num(c["a_value"] * scale, digits), "b": _num(c["b_value"] * scale, digits),
+                    "diff": _ci(c["diff"], c["ci_low"], c["ci_high"], digits, scale, suffix),
+                    "d": _num(c["effect_size"], 2), "p": _p(c["p_value"]), "p_mcnemar": _p(c["p_mcnemar"]),
+                    "p_holm": _p(c["p_holm"]), "q_bh": _p(c["q_bh"]), "significant": bool(c["significant"]),
+                    "better": {"a": a, "b": b}.get(c["better"], "–") if c["significant"] else "–",
+                    "matched": c["matched"]})
+    return out
+
+
+def charts(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[str, str, str]) -> dict[str, dict]:
+    import altair as alt
+
+    runs = s.runs
+    rv = t.runs.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
+    have = [m for m in ("learn", "learn_gain", "forget") if m in rv.columns]
+    pts = runs.merge(rv[have], left_on="run_id", right_index=True, how="left")
+    sft = pts[pts["kind"] == "sft"].copy()
+    base_learn = pts.loc[pts["kind"] == "base", ["model"] + (["learn"] if "learn" in have else [])]
+    wide = _arm_wide(t.arms, have)
+    arms_sft = wide[wide["method_kind"] != "base"].copy()
+    per = runs.groupby(["model", "method", runs["arm"].fillna("")]).agg(examples=("examples", "mean"),
+                                                                         cost=(cost[0], "mean")).reset_index()
+    arms_sft = arms_sft.merge(per, on=["model", "method", "arm"], how="left")
+    methods = list(dict.fromkeys(sft["method"]))
+    role_scale = alt.Scale(domain=["curated", "random control", "bulk"], range=["#1b9e77", "#7570b3", "#d95f02"])
+    learn_title = "learn score (mean primary metric over learn tasks)"
+    out: dict[str, dict] = {}
+    used: dict[str, list] = {}
+
+    def data(name: str, rows) -> "alt.Data":
+        """Named data, attached after altair's schema validation (which costs seconds on thousands of rows)."""
+        used[name] = _records(rows) if isinstance(rows, pd.DataFrame) else rows
+        return alt.Data(name=name)
+
+    def spec(chart) -> dict:
+        d = chart.to_dict()
+        d["datasets"] = dict(used)
+        used.clear()
+        return d
+
+    if sft.empty or "learn" not in have:
+        return out
+
+    # quality vs quantity: one panel per method; runs as dots, arm means with intervals, the base as a rule
+    panels = []
+    for method in methods:
+        r = sft[sft["method"] == method]
+        a = arms_sft[arms_sft["method"] == method]
+        x = alt.X("examples:Q", scale=alt.Scale(type="log"), title="training examples in the arm (log scale)")
+        dots = alt.Chart(data(f"runs_{method}", r[["run_id", "arm", "role", "seed", "examples", "learn"]])) \
+            .mark_point(opacity=0.5, size=30).encode(
+                x=x, y=alt.Y("learn:Q", title=learn_title), color=alt.Color("role:N", scale=role_scale, title="arm"),
+                tooltip=["arm:N", "seed:Q", "examples:Q", alt.Tooltip("learn:Q", format=".3f"), "run_id:N"])
+        recs = a[["arm", "role", "examples", "learn", "learn_lo", "learn_hi"]]
+        mean = alt.Chart(data(f"arms_{method}", recs)).encode(x=x, color=alt.Color("role:N", scale=role_scale, title="arm"))
+        layers = [dots, mean.mark_line(strokeDash=[4, 3]).encode(y="learn:Q", detail="role:N"),
+                  mean.mark_errorbar(ticks=True).encode(y=alt.Y("learn_lo:Q", title=learn_title), y2="learn_hi:Q"),
+                  mean.mark_point(filled=True, size=90).encode(
+                      y="learn:Q", shape=alt.Shape("arm:N", title="arm name"),
+                      tooltip=["arm:N", "role:N", "examples:Q", alt.Tooltip("learn:Q", format=".3f"),
+                               alt.Tooltip("learn_lo:Q", format=".3f"), alt.Tooltip("learn_hi:Q", format=".3f")])]
+        if len(base_learn):
+            layers.append(alt.Chart(data("base", base_learn)).mark_rule(color="gray", strokeDash=[2, 2])
+                          .encode(y="learn:Q", tooltip=["model:N", alt.Tooltip("learn:Q", format=".3f")]))
+        panels.append(alt.layer(*layers).properties(title=f"{method}", width=320, height=260))
+    out["quantity"] = spec(alt.hconcat(*panels).resolve_scale(y="shared"))
+
+    # cost vs performance, with the Pareto front over (method, arm) means
+    col, title, _ = cost
+    a = arms_sft.dropna(subset=["cost"]).copy()
+    if len(a):
+        a["pareto"] = pareto(a["cost"].to_numpy(float), a["learn"].to_numpy(float))
+        a["config"] = a["method"] + " / " + a["arm"]
+        x = alt.X("cost:Q", scale=alt.Scale(type="log", nice=False, padding=24), title=title)
+        enc = alt.Chart(data("arms", a[["config", "method", "arm", "role", "cost", "learn", "learn_lo", "learn_hi",
+                                         "pareto"]]))
+        front = a[a["pareto"]].sort_values("cost")
+        layers = [
+            alt.Chart(data("runs", sft[["run_id", "method", "arm", col, "learn"]].rename(columns={col: "cost"}))).mark_point(opacity=0.35, size=20).encode(
+                x=x, y="learn:Q", color=alt.Color("method:N", title="method"), tooltip=["run_id:N", "arm:N"]),
+            enc.mark_errorbar().encode(x=x, y=alt.Y("learn_lo:Q", title=learn_title), y2="learn_hi:Q",
+                                       color="method:N"),
+            alt.Chart(data("front", front[["cost", "learn"]])).mark_line(
+                color="black", strokeDash=[6, 3], interpolate="step-after").encode(x=x, y="learn:Q"),
+            enc.mark_point(filled=True, size=100).encode(
+                x=x, y="learn:Q", color="method:N", shape=alt.Shape("role:N", title="arm"),
+                tooltip=["config:N", alt.Tooltip("cost:Q", format=",.4~g"), alt.Tooltip("learn:Q", format=".3f"),
+                         "pareto:N"]),
+            enc.transform_filter("datum.pareto").mark_point(size=320, color="black", strokeWidth=1.5).encode(
+                x=x, y="learn:Q"),
+        ]
+        out["cost"] = spec(alt.layer(*layers).properties(
+            width=560, height=320, title="black rings and the dashed step: the Pareto front (cheaper and better)"))
+
+    # learn vs forget: one point per run
+    if "forget" in have and "learn_gain" in have and sft[["learn_gain", "forget"]].notna().all(axis=1).any():
+        d = sft[["run_id", "method", "method_kind", "arm", "role", "seed", "learn_gain", "forget"]].dropna(
+            subset=["learn_gain", "forget"]).copy()
+        d["forget_pct"] = d["forget"] * 100
+        zero = alt.Chart(data("zero", [{"z": 0}]))
+        out["learn_forget"] = spec(alt.layer(
+            zero.mark_rule(color="gray").encode(x="z:Q"), zero.mark_rule(color="gray").encode(y="z:Q"),
+            alt.Chart(data("runs", d)).mark_point(filled=True, size=80, opacity=0.8).encode(
+                x=alt.X("forget_pct:Q", title="forget: relative loss of the base's forget-task scores (%, "
+                                              "right = forgot more)"),
+                y=alt.Y("learn_gain:Q", title="learn gain over the base (mean primary metric, up = learned more)"),
+                color=alt.Color("method_kind:N", title="method (full vs LoRA)"),
+                shape=alt.Shape("arm:N", title="arm"),
+                tooltip=["run_id:N", "method:N", "arm:N", "seed:Q", alt.Tooltip("learn_gain:Q", format=".3f"),
+                         alt.Tooltip("forget_pct:Q", format=".2f")])).properties(width=560, height=340))
+
+    if len(losses):
+        out["loss"] = spec(alt.Chart(data("loss", losses)).mark_line(strokeWidth=1.2, opacity=0.85).encode(
+            x=alt.X("step:Q", title="optimizer step"),
+            y=alt.Y("loss:Q", title="training loss (cross-entropy, nats per response token)"),
+            color=alt.Color("arm:N", title="arm"), strokeDash=alt.StrokeDash("seed:N", title="seed"),
+            detail="run_id:N", tooltip=["arm:N", "seed:N", "step:Q", alt.Tooltip("loss:Q", format=".3f")]) \
+            .properties(width=320, height=240).facet(column=alt.Column("method:N", title="method")))
+
+    cmp = t.comparisons[t.comparisons["metric"].isin(["learn", "forget"])].dropna(subset=["diff", "se"]).copy()
+    if len(cmp):
+        cmp["pair"] = np.where(cmp["kind"] == "arms", cmp["a_method"] + ": " + cmp["a_arm"] + " − " + cmp["b_arm"],
+                               cmp["a_arm"] + ": " + cmp["a_method"] + " − " + cmp["b_method"])
+        cmp["result"] = np.where(cmp["significant"], "significant (Holm)", "not significant")
+        base = alt.Chart(data("cmp", cmp[["pair", "metric", "diff", "ci_low", "ci_high", "p_holm", "result"]]))
+        y = alt.Y("pair:N", title=None, sort=None)
+        out["forest"] = spec(alt.layer(
+            base.mark_rule(color="gray").encode(x=alt.datum(0)),
+            base.mark_errorbar(ticks=True).encode(y=y, x=alt.X("ci_low:Q", title="difference a − b with its "
+                                                               "interval (learn: score; forget: relative loss)"),
+                                                  x2="ci_high:Q", color=alt.Color("result:N", title=None)),
+            base.mark_point(filled=True, size=60).encode(
+                y=y, x="diff:Q", color="result:N",
+                tooltip=["pair:N", "metric:N", alt.Tooltip("diff:Q", format=".4f"),
+                         alt.Tooltip("p_holm:Q", format=".4g")])).properties(width=300) \
+            .facet(column=alt.Column("metric:N", title="metric")).resolve_scale(x="independent"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options = stats.Options()) -> Path:
+    """Compute the statistics of a matrix, store them (stat_* tables) and write its report; returns the path."""
+    import jinja2
+
+    from harness.spec import matched_description
+
+    with store.reader(db) as con:
+        name = resolve_matrix(con, matrix, db)
+        s = stats.load(con, name)
+        if s.runs.empty:
+            raise ReportError(f"{db}: matrix {name!r} has no finished runs")
+        cards = data_cards(con, s.runs)
+        losses = loss_curves(con, s.runs)
+        browser = sample_browser(con, s.runs)
+    tables = stats.analyse(s, opts)
+    with store.writer(db) as con:
+        stats.write(con, name, tables, opts)
+
+    cost = cost_axis(s.runs)
+    spec = matrix_of(s)
+    runs = s.runs.sort_values(["kind", "model", "method", "arm", "seed"], na_position="first")
+    run_rows = [[r.run_id, r.model, r.method, r.arm or "–", "–" if pd.isna(r.seed) else int(r.seed),
+                 _count(r.steps), _count(r.examples), "–" if pd.isna(r.epochs) else f"{r.epochs:.2f}",
+                 _count(r.train_tokens), _num(r.train_seconds, 1)] for r in runs.itertuples()]
+    cols, rows = headline(s, tables, cost[0])
+    charts_ = charts(s, tables, losses, cost)
+    agg = {"learn", "forget"}
+    context = {
+        "matrix": name, "db": str(db.resolve()), "version": __version__,
+        "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "opts": opts, "n_runs": int((s.runs["kind"] == "sft").sum()), "superseded": s.superseded,
+        "tasks": [{"name": t.name, "group": t.group, "metric": t.metric, "n": len(t.doc_ids),
+                   "direction": "higher is better" if t.higher_is_better else "lower is better"}
+                  for t in s.tasks.values()],
+        "matched": matched_description(spec) if spec else [], "run_cols": ["run", "model", "method", "arm", "seed",
+                                                                          "steps", "examples", "epochs",
+                                                                          "train tokens", "train s"],
+        "run_rows": run_rows, "head_cols": cols, "head_rows": rows, "cost_sentence": cost[2],
+        "cost_column": cost[0], "cards": cards, "browser": browser,
+        "cmp_main": comparison_rows(tables.comparisons, agg),
+        "cmp_tasks": comparison_rows(tables.comparisons[~tables.comparisons["metric"].isin(agg)], None),
+        "n_cmp": len(tables.comparisons), "charts": charts_, "vega_js": vega_bundle() if charts_ else "",
+    }
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    html = env.get_template(TEMPLATE.name).render(**context)
+    out = output or Path("reports") / f"{name}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

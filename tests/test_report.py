@@ -1,0 +1,282 @@
+"""`harness report` and the stat_* tables: known effects found, numbers consistent, text escaped, file offline, and
+the page rendered by a real browser (headless Chromium over the DevTools protocol)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from harness import report, stats, store
+from harness.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import synthetic_db  # noqa: E402
+
+runner = CliRunner()
+SECTIONS = ["run", "headline", "quantity", "cost", "learn-forget", "loss", "comparisons", "data", "samples", "method"]
+CHARTS = ["quantity", "cost", "learn_forget", "loss", "forest"]
+INJECTED = "<script>window.__pwned = 1</script>"
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    """A small synthetic database (3 seeds x 150 examples per task) with hostile text in it, and its report."""
+    tmp = tmp_path_factory.mktemp("syn")
+    db = synthetic_db.build(tmp / "syn.duckdb", seeds=3, docs=150)
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE samples SET response = ? || response WHERE task = 'skills_arith'", [INJECTED])
+        con.execute("UPDATE samples SET prompt = '<b>bold?</b> ' || prompt WHERE task = 'skills_arith'")
+        con.execute("UPDATE runs SET arm = 'bulk</script><script>window.__pwned = 2</script>' WHERE arm = 'bulk'")
+    res = runner.invoke(app, ["report", "--db", str(db), "-o", str(tmp / "syn.html")])
+    assert res.exit_code == 0, res.output
+    return db, tmp / "syn.html"
+
+
+def _rows(db: Path, sql: str) -> list[dict]:
+    with store.reader(db) as con:
+        cur = con.execute(sql)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def test_planted_effects_found_and_null_effects_not(syn):
+    """synthetic_db plants curated > random = bulk on learn tasks and full = lora; bulk forgets the most."""
+    db, _ = syn
+    cmp = {(r["a_method"], r["a_arm"][:4], r["b_method"], r["b_arm"][:4]): r for r in _rows(
+        db, "SELECT * FROM stat_comparisons WHERE metric = 'learn'")}
+    for method in ("full", "lora"):
+        real = cmp[(method, "cura", method, "rand")]
+        assert real["significant"] and real["better"] == "a" and real["ci_low"] < 0.15 < real["ci_high"]
+        assert not cmp[(method, "rand", method, "bulk")]["significant"]
+    assert not any(r["significant"] for k, r in cmp.items() if k[0] != k[2])  # full vs lora: no planted effect
+    bpb = _rows(db, "SELECT * FROM stat_comparisons WHERE metric = 'prose_bpb' AND b_arm LIKE 'bulk%' "
+                    "AND a_arm = 'random'")
+    assert all(r["significant"] and r["diff"] < 0 and r["better"] == "a" for r in bpb)  # lower bpb is better
+
+
+def test_point_estimates_agree_with_evals_and_summary(syn):
+    db, _ = syn
+    worst = _rows(db, """
+        SELECT max(abs(s.value - e.value)) AS task, max(abs(l.value - v.learn)) AS learn,
+               max(abs(f.value - v.forget)) AS forget
+        FROM stat_runs s JOIN evals e ON e.run_id = s.run_id AND e.task = s.metric AND e.is_primary
+        JOIN summary v ON v.run_id = s.run_id
+        JOIN stat_runs l ON l.run_id = s.run_id AND l.metric = 'learn'
+        JOIN stat_runs f ON f.run_id = s.run_id AND f.metric = 'forget'""")[0]
+    assert max(worst.values()) < 1e-9  # bits_per_byte included: weighted by bytes, as lm-eval aggregates it
+    bad = _rows(db, "SELECT * FROM stat_arms WHERE NOT (ci_low <= value + 1e-12 AND value <= ci_high + 1e-12)")
+    assert bad == []
+
+
+def test_an_older_run_of_the_same_cell_is_left_out(tmp_path):
+    """A matrix keeps the cells of its earlier versions: each (method, arm, seed) must count once, the latest."""
+    db = synthetic_db.build(tmp_path / "dup.duckdb", seeds=2, docs=40)
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TEMP TABLE old AS SELECT * FROM runs WHERE run_id = 'full-cura-0'")
+        con.execute("UPDATE old SET run_id = 'old-run', finished_at = TIMESTAMP '2025-01-01'")
+        con.execute("INSERT INTO runs SELECT * FROM old")
+        con.execute("INSERT INTO matrix_cells VALUES ('synthetic', 'old-run')")
+        con.execute("INSERT INTO samples SELECT 'old-run', task, task_group, doc_id, prompt, target, response, 0, "
+                    "metrics FROM samples WHERE run_id = 'full-cura-0'")
+        con.execute("INSERT INTO evals SELECT 'old-run', task, task_group, metric, 0, stderr, n, higher_is_better, "
+                    "is_primary FROM evals WHERE run_id = 'full-cura-0'")
+    res = runner.invoke(app, ["report", "--db", str(db), "-o", str(tmp_path / "dup.html")])
+    assert res.exit_code == 0, res.output
+    assert "1 older run(s) of the same cells" in (tmp_path / "dup.html").read_text()
+    arm = _rows(db, "SELECT n_seeds, value FROM stat_arms WHERE method = 'full' AND arm = 'curated' "
+                    "AND metric = 'learn'")[0]
+    learn = _rows(db, "SELECT avg(learn) AS v FROM summary WHERE method = 'full' AND arm = 'curated' "
+                      "AND run_id != 'old-run'")[0]["v"]
+    assert arm["n_seeds"] == 2 and arm["value"] == pytest.approx(learn)
+
+
+def test_stats_api_reproduces_the_report(syn):
+    """harness check (#7) can call stats.compare on arrays and get the report's numbers."""
+    db, _ = syn
+    with store.reader(db) as con:
+        s = stats.load(con, "synthetic")
+    task = s.tasks["skills_facts"]
+    rows = [s.runs[(s.runs["method"] == "full") & (s.runs["arm"] == arm)].sort_values("seed")["row"]
+            for arm in ("curated", "random")]
+    res = stats.compare(task.scores[rows[0]], task.scores[rows[1]], task="skills_facts")
+    ref = _rows(db, "SELECT * FROM stat_comparisons WHERE metric = 'skills_facts' AND a_method = 'full' "
+                    "AND b_method = 'full' AND a_arm = 'curated' AND b_arm = 'random'")[0]
+    for k in ("diff", "se", "p_value", "effect_size", "p_mcnemar"):
+        assert res[k] == pytest.approx(ref[k], rel=1e-9), k
+
+
+def test_text_from_data_is_escaped(syn):
+    _, html = syn
+    text = html.read_text()
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in text and INJECTED not in text
+    assert "&lt;b&gt;bold?&lt;/b&gt;" in text
+    assert "<script>window.__pwned" not in text  # neither in the HTML nor in the charts' JSON (arm names)
+
+
+def test_report_is_self_contained(syn):
+    _, html = syn
+    text = html.read_text()
+    assert not re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, flags=re.I)
+    assert not re.findall(r"<link[^>]+stylesheet", text, flags=re.I)
+    assert all(f'id="{s}"' in text for s in SECTIONS)
+    assert all(f'data-chart="{c}"' in text for c in CHARTS)
+
+
+def test_report_from_the_ci_matrix(ci_run, tmp_path):
+    results, _ = ci_run
+    out = tmp_path / "ci.html"
+    res = runner.invoke(app, ["report", "ci", "--results", str(results), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert all(f'id="{s}"' in text for s in SECTIONS) and "harness report: ci" in text
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM stat_comparisons WHERE matrix = 'ci'",
+                              "--results", str(results), "--format", "json"])
+    assert json.loads(res.output)[0]["n"] > 0
+    # the matrix YAML names the same matrix
+    res = runner.invoke(app, ["report", str(ROOT / "tests" / "matrices" / "ci.yaml"), "--results", str(results),
+                              "-o", str(tmp_path / "ci2.html")])
+    assert res.exit_code == 0, res.output
+
+
+def test_bad_input_is_one_line_exit_2(syn, tmp_path):
+    db, _ = syn
+    for args, msg in ((["report", "nope", "--db", str(db)], "no matrix named 'nope'; expected one of synthetic"),
+                      (["report", "--db", str(tmp_path / "missing.duckdb")], "no results database"),
+                      (["report", str(tmp_path / "missing.yaml"), "--db", str(db)], "file not found"),
+                      (["report", "--db", str(db), "--boot", "5"], "--boot")):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert not list(tmp_path.glob("*.html"))
+
+
+def test_cost_axis_prefers_dollars_then_flops(syn):
+    db, _ = syn
+    with store.reader(db) as con:
+        runs = stats.load(con, "synthetic").runs
+    assert report.cost_axis(runs)[0] == "train_tokens"
+    assert report.cost_axis(runs.assign(train_flops=1e15))[0] == "train_flops"
+    assert report.cost_axis(runs.assign(train_flops=1e15, total_cost_usd=0.3))[0] == "total_cost_usd"
+
+
+def test_pareto_front():
+    cost = np.array([1.0, 2.0, 3.0, 3.0, 4.0])
+    score = np.array([0.5, 0.4, 0.7, 0.6, 0.7])
+    assert report.pareto(cost, score).tolist() == [True, False, True, False, False]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The browser: Chromium headless, driven over the DevTools protocol (websocket-client).
+
+
+class Chromium:
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-port=0"]
+
+    def __init__(self, exe: str, profile: Path):
+        import websocket
+
+        self.proc = subprocess.Popen([exe, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "chromium did not start"
+            time.sleep(0.05)
+        port = port_file.read_text().split()[0]
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.events: list[dict] = []
+        self.next_id = 0
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            self.call(f"{domain}.enable")
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def eval(self, expr: str):
+        return self.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expr: str, timeout: float = 30):
+        deadline = time.monotonic() + timeout
+        while not (value := self.eval(expr)):
+            assert time.monotonic() < deadline, f"timed out waiting for {expr}"
+            time.sleep(0.1)
+        return value
+
+    def errors(self) -> list[str]:
+        out = []
+        for e in self.events:
+            p = e.get("params", {})
+            if e.get("method") == "Runtime.exceptionThrown":
+                out.append(json.dumps(p["exceptionDetails"])[:500])
+            elif e.get("method") == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert", "warning"):
+                out.append(" ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            elif e.get("method") == "Log.entryAdded" and p["entry"]["level"] in ("error", "warning"):
+                out.append(p["entry"]["text"])
+        return out
+
+    def requests(self) -> list[str]:
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed, and CI must run the browser test (.ci/run installs it)")
+        pytest.skip("chromium is not installed here (apt-get install chromium); CI installs it and runs this test")
+    browser = Chromium(exe, tmp_path_factory.mktemp("chromium-profile"))
+    yield browser
+    browser.close()
+
+
+def _render(browser: Chromium, html: Path) -> dict:
+    browser.events.clear()
+    browser.call("Page.navigate", url=html.resolve().as_uri())
+    rendered = browser.wait_for("document.readyState === 'complete' && document.body.dataset.chartsRendered")
+    marks = browser.eval("""Object.fromEntries([...document.querySelectorAll('.chart')].map(
+        c => [c.id, c.querySelectorAll('svg .mark-symbol path, svg .mark-line path, svg .mark-rule line').length]))""")
+    return {"rendered": rendered, "marks": marks, "errors": browser.errors(), "requests": browser.requests(),
+            "pwned": browser.eval("window.__pwned === undefined ? null : window.__pwned"),
+            "injected_text": browser.eval("document.body.innerText.includes('<script>window.__pwned = 1</script>')")}
+
+
+def test_report_renders_in_chromium(chromium, syn, ci_run, tmp_path):
+    _, html = syn
+    page = _render(chromium, html)
+    assert page["errors"] == []
+    assert page["rendered"] == str(len(CHARTS))
+    assert sorted(page["marks"]) == sorted(f"chart-{c}" for c in CHARTS) and all(page["marks"].values()), page
+    assert page["pwned"] is None and page["injected_text"]  # the script shows as text and never runs
+    assert all(u.startswith(("file:", "data:")) for u in page["requests"]), page["requests"]  # offline
+
+    results, _ = ci_run
+    out = tmp_path / "ci.html"
+    assert runner.invoke(app, ["report", "ci", "--results", str(results), "-o", str(out)]).exit_code == 0
+    page = _render(chromium, out)
+    assert page["errors"] == [] and page["rendered"] == str(len(CHARTS)) and all(page["marks"].values()), page

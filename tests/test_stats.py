@@ -1,0 +1,94 @@
+"""harness/stats.py on simulated data where the truth is known."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from harness import stats
+
+
+def arms(rng, n=300, seeds=3, effect=0.0, seed_sd=0.02):
+    """Two arms scored 0/1 on the same n examples with the same seeds: example difficulty shared by both, a seed
+    offset per (arm, seed), and a true accuracy difference of `effect` (a minus b)."""
+    base = rng.uniform(0.2, 0.6, n)
+    a = rng.random((seeds, n)) < base + effect + rng.normal(0, seed_sd, (seeds, 1))
+    b = rng.random((seeds, n)) < base + rng.normal(0, seed_sd, (seeds, 1))
+    return a.astype(float), b.astype(float)
+
+
+def test_one_run_interval_agrees_with_scipy_bootstrap():
+    x = (np.random.default_rng(0).random(400) < 0.3).astype(float)
+    ours = stats.mean_interval(x, opts=stats.Options(n_boot=4000))
+    ref = sps.bootstrap((x,), np.mean, n_resamples=4000, method="percentile", random_state=0).confidence_interval
+    assert ours["value"] == pytest.approx(x.mean())
+    assert ours["ci_low"] == pytest.approx(ref.low, abs=0.006)
+    assert ours["ci_high"] == pytest.approx(ref.high, abs=0.006)
+
+
+def test_planted_effect_is_detected_and_covered():
+    a, b = arms(np.random.default_rng(1), n=400, effect=0.15)
+    res = stats.compare(a, b)
+    assert res["p_value"] < 1e-3 and res["p_mcnemar"] < 1e-3
+    assert res["a_better"] is True and res["effect_size"] > 0.1
+    assert res["ci_low"] < 0.15 < res["ci_high"]
+    assert res["diff"] == pytest.approx((a - b).mean())
+
+
+def test_no_effect_is_significant_at_most_at_the_stated_rate():
+    """200 null comparisons (seed noise included): the share with p < 0.05 must not exceed alpha by more than its
+    binomial noise (0.05 + 2 x sqrt(0.05 x 0.95 / 200) = 0.081). The two-way bootstrap is conservative here."""
+    rng = np.random.default_rng(2)
+    opts = stats.Options(n_boot=400)
+    p = np.array([stats.compare(*arms(rng, n=200), opts=stats.Options(n_boot=400, seed=i))["p_value"]
+                  for i in range(200)])
+    assert np.mean(p < opts.alpha) <= 0.081
+    assert np.mean(p < 0.5) > 0.25  # and not trivially conservative: p-values spread over [0, 1]
+    # McNemar without seed noise is calibrated too
+    pm = np.array([stats.compare(*arms(rng, n=200, seeds=1, seed_sd=0), opts=opts)["p_mcnemar"]
+                   for _ in range(200)])
+    assert np.mean(pm < 0.05) <= 0.081
+
+
+def test_power_grows_with_the_effect():
+    rng = np.random.default_rng(3)
+    rate = [np.mean([stats.compare(*arms(rng, n=200, effect=e), opts=stats.Options(n_boot=300, seed=i))["p_value"]
+                     < 0.05 for i in range(40)]) for e in (0.0, 0.05, 0.15)]
+    assert rate[0] < rate[1] < rate[2] and rate[2] > 0.9
+
+
+def test_lower_is_better_is_oriented():
+    rng = np.random.default_rng(4)
+    bpb_a = rng.normal(1.5, 0.2, (2, 100))
+    res = stats.compare(bpb_a, bpb_a + 0.3, higher_is_better=False)
+    assert res["diff"] < 0 and res["a_better"] is True and res["p_mcnemar"] is None
+
+
+def test_deterministic_and_paired_input_checked():
+    a, b = arms(np.random.default_rng(5))
+    assert stats.compare(a, b) == stats.compare(a, b)
+    with pytest.raises(ValueError, match="paired"):
+        stats.compare(a, b[:, :-1])
+
+
+def test_missing_scores_are_left_out_of_the_mean():
+    x = np.array([[1.0, 0.0, np.nan, 1.0]])
+    assert stats.mean_interval(x)["value"] == pytest.approx(2 / 3)
+
+
+def test_weighted_mean_for_ratio_metrics():
+    bpb, nbytes = np.array([[1.0, 3.0]]), np.array([300.0, 100.0])
+    assert stats.mean_interval(bpb, weights=nbytes)["value"] == pytest.approx((300 + 300) / 400)
+
+
+def test_multiple_comparison_correction():
+    p = np.array([0.01, 0.04, 0.03, np.nan])
+    np.testing.assert_allclose(stats.adjust(p, "holm")[:3], [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(stats.adjust(p, "fdr_bh")[:3], [0.03, 0.04, 0.04])
+    assert np.isnan(stats.adjust(p)[3])
+
+
+def test_arm_role_from_recipe():
+    assert stats.arm_role('{"steps": []}') == "bulk"
+    assert stats.arm_role({"steps": [["random", {"like": "curated"}]]}) == "random control"
+    assert stats.arm_role({"steps": [["filter", {}], ["dedup", {}]]}) == "curated"
+    assert stats.arm_role(None) is None
