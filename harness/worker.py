@@ -17,9 +17,10 @@ import time
 import traceback
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from harness.models import offline_env  # light: no torch
+
+for _k, _v in {**offline_env(), "TOKENIZERS_PARALLELISM": "false"}.items():  # offline unless HARNESS_ONLINE=1
+    os.environ.setdefault(_k, _v)
 
 
 class ParentGone(RuntimeError):
@@ -97,13 +98,16 @@ def run_job(job: dict, results: Path, emit) -> dict:
     try:
         ref = models.resolve(cfg["model"])
         model, tokenizer = models.load(ref, results, device, attention)
+        row["env"]["chat_template"] = models.chat_template_info(tokenizer)
         row["total_params"] = sum(p.numel() for p in model.parameters())
         curve = []
         if job["kind"] == "sft":
             rows = data.load_rows(results, cfg["dataset_id"])
+            tr = cfg["train"]
+            if tr["gradient_checkpointing"]:  # non-reentrant: also right for LoRA, whose inputs need no grad
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model = prepare_method(model, cfg["method_cfg"], cfg["seed"])
             row["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            tr = cfg["train"]
             encoded = [encode_example(tokenizer, r["prompt"], r["response"], tr["max_length"]) for r in rows]
             lengths = [len(e.input_ids) for e in encoded]
             order = batch_order(lengths, tr["batch_size"], cfg["seed"], **cfg["budget"])
