@@ -8,8 +8,9 @@ model as a matrix cell does (models.load), prepares the method with the cell's o
 r 16, alpha 32, all linear layers) and trains with the harness's loop (train.optimize, bf16 autocast where the CPU has
 it) on skills-pool examples rendered with the model's chat template, in the same batches for both methods.
 
-Memory on a CPU is the child's peak resident set size (getrusage ru_maxrss): everything the process touched, the
-weights included, so it is what a machine must have. "train adds" is that peak minus the RSS right after loading:
+Memory on a CPU is the child's peak resident set size while it trains (VmHWM, reset to the current RSS after loading:
+loading has its own transient peak, the same for both methods, reported as "load peak"): everything the process
+touched, weights included, so it is what a machine must have. "train adds" is that peak minus the RSS after loading:
 what training itself costs (full FT: gradients + two AdamW moments = 3 x 4 bytes per parameter, plus activations;
 LoRA: activations and the adapters' small share). On a GPU the numbers are torch.cuda.max_memory_allocated.
 Train tokens/s counts non-pad tokens over the steps after the first two (allocator growth and first-call costs).
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -31,9 +31,14 @@ TARGET = 0.6
 WARMUP_STEPS = 2
 
 
-def _rss_bytes() -> int:
-    """The current resident set size (ru_maxrss is only the peak)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (the peak since start or since the last reset) from /proc, in bytes."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1]) * 1024  # reported in kB
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
 
 
 def child(args) -> dict:
@@ -43,7 +48,7 @@ def child(args) -> dict:
 
     from harness import models, world
     from harness.spec import Method
-    from harness.train import attention_for, batch_order, collate, encode_example, optimize
+    from harness.train import attention_for, autocast_dtype, batch_order, collate, encode_example, optimize
     from harness.worker import prepare_method
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,10 +56,12 @@ def child(args) -> dict:
     model, tok = models.load(models.resolve(args.model), Path(args.results), device, attention_for("auto", device))
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loaded = torch.cuda.memory_allocated() if device == "cuda" else _rss_bytes()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model = prepare_method(model, dataclasses.asdict(Method(kind=args.child)), seed=0)
+    load_peak = torch.cuda.max_memory_allocated() if device == "cuda" else _status_bytes("VmHWM")
+    loaded = torch.cuda.memory_allocated() if device == "cuda" else _status_bytes("VmRSS")
+    # the peak of training alone: loading has its own (transient) peak, the same for both methods
+    torch.cuda.reset_peak_memory_stats() if device == "cuda" else _reset_peak()
+    model = prepare_method(model, dataclasses.asdict(Method(kind=args.child)), seed=0,
+                           autocast=autocast_dtype("auto", device))
     rows = world.generate_pool(size=args.batch * args.steps * 4, seed=0)
     encoded = [encode_example(tok, r["prompt"], r["response"], args.max_length) for r in rows]
     order = batch_order([len(e.input_ids) for e in encoded], args.batch, seed=0, steps=args.steps)
@@ -63,9 +70,9 @@ def child(args) -> dict:
                      total_steps=len(order), lr=lr, device=device)
     timed = curve[WARMUP_STEPS:]
     seconds = timed[-1].seconds - curve[WARMUP_STEPS - 1].seconds
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _status_bytes("VmHWM")
     return {"method": args.child, "device": device, "peak_bytes": peak, "loaded_bytes": loaded,
+            "load_peak_bytes": load_peak,
             "train_adds_bytes": peak - loaded,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "tokens_per_second": sum(r.tokens for r in timed) / seconds, "seconds_per_step": seconds / len(timed),
@@ -105,10 +112,12 @@ def main() -> int:
     print(f"{args.model}, batch {args.batch}, max length {args.max_length}, {args.steps} steps "
           f"({res['full']['tokens_per_step']:.0f} tokens/step), device {res['full']['device']}"
           f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
-    print(f"| method | trainable params | {unit} (GiB) | train adds (GiB) | train tok/s | s/step | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| method | trainable params | {unit} (GiB) | train adds (GiB) | load peak (GiB) | train tok/s | s/step "
+          f"| wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for m, r in res.items():
         print(f"| {m} | {r['trainable']:,} | {r['peak_bytes'] * gib:.2f} | {r['train_adds_bytes'] * gib:.2f} | "
+              f"{r['load_peak_bytes'] * gib:.2f} | "
               f"{r['tokens_per_second']:.0f} | {r['seconds_per_step']:.2f} | {r['wall']:.0f} |")
     ratio = res["lora"]["peak_bytes"] / res["full"]["peak_bytes"]
     print(f"LoRA / full: peak {ratio:.2f}x, train adds "

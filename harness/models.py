@@ -305,6 +305,11 @@ def load(ref: ModelRef, results: Path, device: str = "cpu", attention: str = "sd
     path = model_path(ref, results)
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code(),
                                                  dtype="float32", attn_implementation=attention).to(device)
+    if device == "cpu":
+        # On a CPU the weights are views of the memory-mapped safetensors file. Copies of their own let a weight that
+        # is replaced later (LoRA's bf16 base) free its memory, and make RSS a true measure (+~0.1 s for 135M).
+        for p in model.parameters():
+            p.data = p.data.clone()
     return model, _tokenizer(path, model)
 
 

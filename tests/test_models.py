@@ -351,3 +351,36 @@ def test_gradient_checkpointing_gives_the_same_gradients(micro_base, monkeypatch
         assert len(calls) == (2 * layers if checkpointing else layers)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_lora_base_in_bf16_changes_no_result_under_bf16_autocast(micro_base):
+    """prepare_method stores LoRA's frozen linears in bf16 when training autocasts to bf16 (it saves memory); the
+    loss and the adapters' gradients must be the same as with float32 storage, and merging happens in float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness import world
+    from harness.train import collate, label_loss
+    from harness.worker import cast_frozen_linears, prepare_method
+
+    tok = AutoTokenizer.from_pretrained(micro_base)
+    rows = world.generate_pool(size=4, seed=3)
+    batch = collate([encode_example(tok, r["prompt"], r["response"], 64) for r in rows], tok.pad_token_id)
+    method = {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    out = []
+    for autocast in (None, torch.bfloat16):
+        model = prepare_method(AutoModelForCausalLM.from_pretrained(micro_base, attn_implementation="eager"), method,
+                               seed=0, autocast=autocast)
+        with torch.no_grad():  # non-zero B, so that the adapters take part in the loss
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.linspace(-0.1, 0.1, p.numel()).view_as(p))
+        dtypes = {p.dtype for n, p in model.named_parameters() if "base_layer" in n}
+        assert dtypes == {autocast or torch.float32}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, n = label_loss(model, batch)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        cast_frozen_linears(model, torch.float32)
+        assert {p.dtype for p in model.merge_and_unload().parameters()} == {torch.float32}
+    assert torch.equal(out[0][0], out[1][0])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(out[0][1], out[1][1]))
