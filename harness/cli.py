@@ -79,7 +79,7 @@ def _load_plan(file: Optional[Path]):
 
 
 @matrix_app.command("plan")
-def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset name (default: demo)."),
+def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                 results: Path = ResultsOpt) -> None:
     """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
     from harness import runner
@@ -98,7 +98,7 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
 
 
 @matrix_app.command("run")
-def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset name (default: demo)."),
+def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                force: bool = typer.Option(False, "--force", help="Rerun finished cells too."),
                workers: int = typer.Option(0, "--workers", help="Worker processes (0: automatic)."),
                results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
@@ -155,7 +155,7 @@ def tasks_build() -> None:
 
 @app.command("models")
 def models_list() -> None:
-    """List the built-in model aliases. A local HF folder, LoRA adapter folder, .gguf file or cached hub id works too."""
+    """List the built-in model aliases. A local HF or LoRA adapter folder, a .gguf file or a cached hub id works too."""
     from harness.models import ALIASES, ModelError, resolve
 
     def fingerprint(alias: str) -> str:

@@ -247,7 +247,9 @@ def model_path(ref: ModelRef, results: Path, log=print) -> Path:
         from huggingface_hub import snapshot_download
 
         log(f"downloading {ref.ref} at {ref.revision[:12]}")
-        return Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=_hub_files()))
+        path = Path(snapshot_download(ref.ref, revision=ref.revision, allow_patterns=_hub_files()))
+        _local(ref.ref, path)  # the same checks as a local folder: safetensors present, no untrusted code
+        return path
     return Path(ref.path)
 
 

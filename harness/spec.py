@@ -61,7 +61,7 @@ class Train:
     grad_clip: float = 1.0
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
     attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU (faster for short rows), sdpa on GPU
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ def test_hub_id_resolves_from_the_local_cache_offline(micro_base, tmp_path, monk
     (repo / "refs" / "main").write_text(sha)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     ref = models.resolve("some-org/tiny")
-    assert ref.kind == "hub" and ref.path.endswith(sha) and ref.fingerprint == models.resolve("some-org/tiny").fingerprint
+    assert ref.kind == "hub" and ref.path.endswith(sha)
+    assert ref.fingerprint == models.resolve("some-org/tiny").fingerprint
     model, _ = models.load(ref, tmp_path / "results", attention="eager")
     assert sum(p.numel() for p in model.parameters()) > 0
 
@@ -384,3 +385,48 @@ def test_lora_base_in_bf16_changes_no_result_under_bf16_autocast(micro_base):
         assert {p.dtype for p in model.merge_and_unload().parameters()} == {torch.float32}
     assert torch.equal(out[0][0], out[1][0])
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(out[0][1], out[1][1]))
+
+
+def test_presets_load_by_name(tmp_path):
+    from harness.spec import PRESETS_DIR, load_matrix, presets
+
+    assert {"demo", "smollm2", "smollm2-gpu"} <= set(presets())
+    m = load_matrix("smollm2")
+    assert m.models == ["smollm2-135m"] and "common_mc" in m.eval.forget and "world_mc" not in m.eval.forget
+    assert load_matrix("smollm2-gpu").budget.steps > m.budget.steps
+    assert load_matrix(PRESETS_DIR / "smollm2.yaml") == m
+    res = runner.invoke(app, ["matrix", "plan", "smollm2-gpu", "--results", str(tmp_path)])
+    assert res.exit_code == 0 and "18 trained + 1 base" in res.output, res.output
+    res = runner.invoke(app, ["matrix", "plan", "smollm3", "--results", str(tmp_path)])
+    assert res.exit_code == 2 and "built-in preset: " in res.output and "smollm2-gpu" in res.output
+
+
+def test_hub_id_online_pins_the_commit_and_downloads_safetensors_only(micro_base, tmp_path, monkeypatch):
+    """HARNESS_ONLINE=1 (no network here: the hub client is replaced by a stand-in that records what it was asked)."""
+    import huggingface_hub
+
+    sha = "89abcdef0123456789abcdef0123456789abcdef"
+    asked = []
+
+    class Info:
+        pass
+
+    def model_info(self, repo_id, timeout=None, **kw):
+        asked.append(("info", repo_id, timeout))
+        info = Info()
+        info.sha = sha
+        return info
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kw):
+        asked.append(("download", repo_id, revision, tuple(allow_patterns)))
+        return str(_copy_model(micro_base, tmp_path / "snap" / revision))
+
+    monkeypatch.setenv(models.ONLINE_ENV, "1")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert models.offline_env() == {}
+    ref = models.resolve("some-org/tiny")
+    assert ref.kind == "hub" and ref.revision == sha and ref.path is None and asked == [("info", "some-org/tiny", 10)]
+    path = models.model_path(ref, tmp_path / "results", log=lambda *a: None)
+    assert path.name == sha and asked[1][:3] == ("download", "some-org/tiny", sha)
+    assert "*.safetensors" in asked[1][3] and not any(p.endswith((".bin", ".pt", ".pth", ".py")) for p in asked[1][3])
