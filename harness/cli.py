@@ -19,8 +19,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from harness.models import offline_env  # light: no torch
+
+for _k, _v in offline_env().items():  # offline unless HARNESS_ONLINE=1
+    os.environ.setdefault(_k, _v)
 
 app = typer.Typer(help="Fine-tune language models under matched budgets and measure what they learn and forget.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -77,7 +79,7 @@ def _load_plan(file: Optional[Path]):
 
 
 @matrix_app.command("plan")
-def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML (default: the built-in demo)."),
+def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                 results: Path = ResultsOpt) -> None:
     """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
     from harness import runner
@@ -96,7 +98,7 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML (d
 
 
 @matrix_app.command("run")
-def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML (default: the built-in demo)."),
+def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                force: bool = typer.Option(False, "--force", help="Rerun finished cells too."),
                workers: int = typer.Option(0, "--workers", help="Worker processes (0: automatic)."),
                results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
@@ -155,10 +157,16 @@ def tasks_build() -> None:
 
 @app.command("models")
 def models_list() -> None:
-    """List the built-in model aliases. Any local Hugging Face folder works too."""
-    from harness.models import ALIASES, resolve
+    """List the built-in model aliases. A local HF or LoRA adapter folder, a .gguf file or a cached hub id works too."""
+    from harness.models import ALIASES, ModelError, resolve
 
-    print_table(["alias", "fingerprint", "what it is"], [(k, resolve(k).fingerprint, v) for k, v in ALIASES.items()])
+    def fingerprint(alias: str) -> str:
+        try:
+            return resolve(alias).fingerprint
+        except ModelError as e:  # a packaged alias whose package is not installed
+            return str(e).split(": ", 1)[1]
+
+    print_table(["alias", "fingerprint", "what it is"], [(k, fingerprint(k), v) for k, v in ALIASES.items()])
 
 
 @app.command("eval")

@@ -71,7 +71,7 @@ def jobs_for(p: Plan, ids: set[str], threads: int) -> list[dict]:
 
 class Worker:
     def __init__(self, results: Path, log_path: Path, events: queue.Queue, index: int):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, **models.offline_env(), "TOKENIZERS_PARALLELISM": "false"}
         self.log = log_path.open("a")
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(results)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1, env=env)

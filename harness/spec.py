@@ -19,7 +19,8 @@ import yaml
 from harness import DATA_VERSION, __version__
 from harness.world import stable_hash
 
-DEMO_MATRIX = Path(__file__).resolve().parent / "matrices" / "demo.yaml"
+PRESETS_DIR = Path(__file__).resolve().parent / "matrices"  # built-in matrices, named by file stem
+DEMO_MATRIX = PRESETS_DIR / "demo.yaml"
 
 
 class SpecError(ValueError):
@@ -61,6 +62,7 @@ class Train:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
     attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU (faster for short rows), sdpa on GPU
     packing: bool = False  # padding-free rows of up to max_length tokens (same loss; see `harness bench`)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,18 @@ def _check(m: Matrix, ctx: _Ctx) -> None:
         ctx.fail(("eval",), "expected at least one learn or forget task")
 
 
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 def load_matrix(path: str | Path | None) -> Matrix:
+    """A matrix YAML file, or the name of a built-in preset (`demo`, `smollm2`, ...) when no such file exists."""
     path = Path(path) if path else DEMO_MATRIX
+    if not path.exists() and path.parent == Path(".") and not path.suffix and (PRESETS_DIR / f"{path}.yaml").exists():
+        path = PRESETS_DIR / f"{path}.yaml"
     if not path.exists():
-        raise SpecError(f"{path}: file not found (expected a matrix YAML; run `harness matrix plan` for the demo)")
+        raise SpecError(f"{path}: file not found (expected a matrix YAML or a built-in preset: "
+                        f"{', '.join(presets())})")
     m = parse_matrix(path.read_text(), str(path))
     base = path.resolve().parent
     # relative data paths are relative to the matrix file

@@ -39,6 +39,9 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> En
     The prompt is rendered with add_generation_prompt=True (exactly what the model sees at eval time); the
     completion is the rest of the rendered conversation (the response and the template's end-of-turn tokens).
     The two parts are tokenized separately, so no BPE merge can blur the boundary.
+    The end-of-turn token carries loss (the model must learn to stop); the separator a template writes after it
+    (ChatML's "<|im_end|>\\n") does not: generation has stopped before it, and it belongs to the next turn.
+    Templates that add a default system prompt when there is none (SmolLM2's) add it here and at eval time alike.
     """
     user = [{"role": "user", "content": prompt}]
     prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
@@ -46,6 +49,8 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> En
     if not full_text.startswith(prompt_text):
         raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
     completion = full_text[len(prompt_text):]
+    if any(completion.rstrip().endswith(t) for t in tokenizer.all_special_tokens):
+        completion = completion.rstrip()
     p = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"]
     ids = (p + c)[:max_length]

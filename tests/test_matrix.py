@@ -33,6 +33,9 @@ def test_matrix_runs_end_to_end(ci_run):
         assert len(steps) == 4 and all(n == 4 for _, n in steps)
         # LoRA trains fewer parameters than full FT of the same model
         tp = dict(con.execute("SELECT method, max(trainable_params) FROM runs WHERE kind = 'sft' GROUP BY 1").fetchall())
+        # every run records the chat template that rendered its prompts (the micro base's is the harness's plain one)
+        assert con.execute("SELECT DISTINCT json_extract_string(env, '$.chat_template.source') FROM runs"
+                           ).fetchall() == [("harness plain template",)]
         assert tp["lora"] < tp["full"]
         # provenance: the curated arm's steps and the examples they dropped
         n = con.execute("SELECT count(*) FROM data_decisions d JOIN datasets s USING (dataset_id)").fetchone()[0]
