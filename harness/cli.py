@@ -292,6 +292,60 @@ def report_cmd(matrix: Optional[str] = typer.Argument(None, help="Matrix name in
     out.print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)", highlight=False)
 
 
+@app.command("check")
+def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline JSON file (written by "
+                                                     "--export-baseline), or a saved baseline, matrix or run id in "
+                                                     "the database."),
+              candidate: str = typer.Option("latest", "--candidate", help="A run id, a matrix name, or latest (the "
+                                            "most recently run matrix)."),
+              policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (default: "
+                                                    "harness/check_policy.yaml)."),
+              export_baseline: Optional[Path] = typer.Option(None, "--export-baseline",
+                                                             help="Write the candidate as a baseline JSON file."),
+              save_baseline: Optional[str] = typer.Option(None, "--save-baseline",
+                                                          help="Store the candidate as a named baseline in the database."),
+              junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per gated "
+                                                   "metric)."),
+              markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write a markdown summary (for "
+                                                      "$GITHUB_STEP_SUMMARY)."),
+              results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Compare a candidate with a baseline per cell and metric; exit 1 when a gated metric regressed beyond the
+    policy's allowance AND significantly (paired bootstrap), 2 on bad input."""
+    from harness import check, stats
+
+    path = _db(db, results)
+    if not (baseline or export_baseline or save_baseline):
+        raise fail("--baseline: required (or --export-baseline FILE / --save-baseline NAME to write one)")
+    try:
+        pol, pol_fail = check.load_policy(policy)
+        cand = check.load_side(candidate, path, "candidate")
+        if export_baseline or save_baseline:
+            body = check.to_json(cand, stats.Options(n_boot=pol.n_boot))
+            if export_baseline:
+                check.write_text(export_baseline, json.dumps(body, indent=1) + "\n")
+                out.print(f"baseline written: {export_baseline} ({cand.label})", highlight=False)
+            if save_baseline:
+                check.save_baseline(path, save_baseline, body)
+                out.print(f"baseline saved as {save_baseline!r} in {path}", highlight=False)
+            if not baseline:
+                return
+        res = check.compare(check.load_side(baseline, path, "baseline"), cand, pol, pol_fail)
+    except (check.CheckError, *_input_errors()) as e:
+        raise fail(str(e)) from None
+    print_table(check.COLUMNS, check.table(res), title=f"harness check: {res.baseline} vs {res.candidate}")
+    for line in res.notes + [f"changed since the baseline: {c}" for c in res.changes]:
+        out.print(f"  {line}", highlight=False, soft_wrap=True)
+    if junit:
+        check.write_text(junit, check.junit(res))
+    if markdown:
+        check.write_text(markdown, check.markdown(res))
+    check.record(path, res)
+    style = "green" if res.passed else "red"
+    out.print(f"[{style}]{check.verdict(res)}[/]", highlight=False, soft_wrap=True)
+    if not res.passed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -181,7 +181,8 @@ def _convert(value, tp, path: tuple, ctx: _Ctx):
     ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
 
 
-def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
+def read_yaml(text: str, file: str) -> tuple[Any, _Ctx]:
+    """The parsed YAML and a context whose fail() names the file, line and key path (for any typed input file)."""
     try:
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -189,7 +190,16 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
         mark = getattr(e, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark else file
         raise SpecError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
-    ctx = _Ctx(file, _lines(node) if node is not None else {})
+    return raw, _Ctx(file, _lines(node) if node is not None else {})
+
+
+def convert(raw, tp, ctx: _Ctx):
+    """`raw` checked against the dataclass `tp` (unknown keys and wrong types fail with the file:line:key)."""
+    return _convert(raw, tp, (), ctx)
+
+
+def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
+    raw, ctx = read_yaml(text, file)
     if raw is None:
         ctx.fail((), "the file is empty; expected a mapping with keys " + ", ".join(
             f.name for f in dataclasses.fields(Matrix)))
@@ -199,7 +209,7 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
                           if isinstance(v, dict) or v is None else v for k, v in raw["methods"].items()}
     if isinstance(raw, dict) and isinstance(raw.get("arms"), dict):
         raw["arms"] = {k: {} if v is None else v for k, v in raw["arms"].items()}
-    m: Matrix = _convert(raw, Matrix, (), ctx)
+    m: Matrix = convert(raw, Matrix, ctx)
     _check(m, ctx)
     return m
 

@@ -222,17 +222,20 @@ def _latest(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return kept, len(runs) - len(kept)
 
 
-def load(con, matrix: str) -> Scores:
-    """Every finished run of `matrix` and its per-example primary scores, as arrays (one query over samples)."""
-    runs = con.execute("""
+def load(con, matrix: str, run_ids: list[str] | None = None) -> Scores:
+    """Every finished run of `matrix` (or, given `run_ids`, exactly those runs, superseded or not) and its
+    per-example primary scores, as arrays (one query over samples)."""
+    where, arg = ("r.run_id IN (SELECT unnest(?))", run_ids) if run_ids is not None else \
+        ("r.run_id IN (SELECT run_id FROM matrix_cells WHERE matrix = ?)", matrix)
+    runs = con.execute(f"""
         SELECT r.run_id, r.kind, r.model, r.method, r.method_kind, r.arm, r.seed, r.base_run_id, r.dataset_id,
                r.steps, r.examples, r.epochs, r.train_tokens, r.response_tokens, r.train_seconds, r.finished_at,
                c.train_flops, c.device_hours, c.total_cost_usd, d.recipe, r.config
-        FROM runs r JOIN matrix_cells m USING (run_id) LEFT JOIN costs c USING (run_id)
+        FROM runs r LEFT JOIN costs c USING (run_id)
         LEFT JOIN datasets d ON d.dataset_id = r.dataset_id
-        WHERE m.matrix = ? AND r.status = 'ok'
-        ORDER BY r.kind = 'sft', r.model, r.method, r.arm, r.seed, r.run_id""", [matrix]).df()
-    runs, superseded = _latest(runs)
+        WHERE {where} AND r.status = 'ok'
+        ORDER BY r.kind = 'sft', r.model, r.method, r.arm, r.seed, r.run_id""", [arg]).df()
+    runs, superseded = _latest(runs) if run_ids is None else (runs, 0)
     runs["role"] = [arm_role(r) if k == "sft" else None for r, k in zip(runs["recipe"], runs["kind"])]
     runs["row"] = np.arange(len(runs))
     out = Scores(matrix, runs, superseded=superseded)

@@ -116,6 +116,18 @@ MIGRATIONS: list[tuple[str, str]] = [
     CREATE TABLE stat_params (matrix VARCHAR PRIMARY KEY, n_boot INTEGER, confidence DOUBLE, alpha DOUBLE,
         seed INTEGER, computed_at TIMESTAMP DEFAULT current_timestamp);
     """),
+    ("check", """
+    -- baselines saved with `harness check --save-baseline NAME` (the same JSON as --export-baseline writes)
+    CREATE TABLE check_baselines (name VARCHAR PRIMARY KEY, created_at TIMESTAMP DEFAULT current_timestamp,
+        source VARCHAR, body JSON);
+    -- one row per compared (cell, metric) of every `harness check`; change = candidate - baseline, paired by
+    -- seed and example where both sides allow; status: regression | improved | within allowance | not significant
+    CREATE TABLE check_results (
+        check_id VARCHAR, checked_at TIMESTAMP, baseline VARCHAR, candidate VARCHAR, cell VARCHAR, metric VARCHAR,
+        gated BOOLEAN, baseline_value DOUBLE, candidate_value DOUBLE, change DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+        allowed DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, paired VARCHAR, status VARCHAR, policy JSON,
+        PRIMARY KEY (check_id, cell, metric));
+    """),
 ]
 
 
