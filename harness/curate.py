@@ -227,7 +227,8 @@ def reward_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
     """A reward model (any Hugging Face sequence-classification folder): its score of (prompt, response)."""
     if "model" not in params:
         raise RecipeError("scorer reward needs model: <a local sequence-classification model folder>")
-    return generate.reward(params["model"], [(r["prompt"], r["response"]) for r in rows], ctx.results, ctx.meter,
+    return generate.reward(params["model"], [(r["prompt"], r["response"]) for r in rows],
+                           _need_results(ctx, "scorer reward"), ctx.meter,
                            label=params.get("label"), batch_size=int(params.get("batch_size", 16))), None
 
 
@@ -236,10 +237,15 @@ def judge_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
     if "model" not in params:
         raise RecipeError("scorer judge needs model: <a model alias or local causal-LM folder>")
     template = params.get("prompt", generate.DEFAULT_JUDGE_PROMPT)
-    if "{response}" not in template:
-        raise RecipeError("scorer judge: prompt must contain {response} (and usually {prompt})")
-    return generate.judge_yes(params["model"], [(r["prompt"], r["response"]) for r in rows], template, ctx.results,
-                              ctx.meter, batch_size=int(params.get("batch_size", 16))), None
+    try:
+        if template.format(prompt="", response="\x00").count("\x00") != 1:
+            raise ValueError
+    except (KeyError, IndexError, ValueError):
+        raise RecipeError("scorer judge: prompt must contain {response} once (and usually {prompt}), and no other "
+                          "{...} slots (write {{ and }} for braces)") from None
+    return generate.judge_yes(params["model"], [(r["prompt"], r["response"]) for r in rows], template,
+                              _need_results(ctx, "scorer judge"), ctx.meter,
+                              batch_size=int(params.get("batch_size", 16))), None
 
 
 SCORERS: dict[str, Callable[[list[dict], dict, Context], Scored]] = {
@@ -320,12 +326,14 @@ def k_center(x: np.ndarray, n: int, seed: int) -> tuple[list[int], np.ndarray, n
     chosen = [first]
     dist = 1 - x @ x[first]
     nearest = np.full(len(x), first)
+    dist[first] = -1  # chosen rows are marked -1, so that exact duplicates (distance 0) can still be picked after
     for _ in range(n - 1):  # each round is one matrix-vector product: n x rows x dims multiply-adds in all
         i = int(dist.argmax())
         chosen.append(i)
         d = 1 - x @ x[i]
         closer = d < dist
         dist[closer], nearest[closer] = d[closer], i
+        dist[i], nearest[i] = -1, i
     return chosen, np.maximum(dist, 0), nearest
 
 
@@ -430,7 +438,8 @@ def best_of_k(rows: list[dict], params: dict, ctx: Context) -> Step:
         j = int(np.argmax(s))  # the first of equally good candidates
         best_scores.append(s[j])
         if threshold is not None and s[j] < threshold:
-            dropped.append((r["id"], f"best of {k} {name} score {s[j]:.3g} below {threshold:g}", s[j]))
+            dropped.append((r["id"], f"best of {k} {name} score {s[j]:.3g} below {threshold:g}: "
+                                     f"{samples[i][j][:60]!r}", s[j]))
         else:
             kept.append({**r, "response": samples[i][j], "original_response": r["response"],
                          "best_of_k_score": s[j]})

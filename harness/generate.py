@@ -109,10 +109,16 @@ def _cached_or_compute(journal: Journal, texts: list[str], batch_size: int, load
     return out
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @functools.lru_cache(maxsize=2)
 def causal_lm(model_ref: str, results: Path):
     """A causal LM and its tokenizer, ready for batched generation (left padding); kept for the next step."""
-    model, tok = models.load(models.resolve(model_ref), results)
+    model, tok = models.load(models.resolve(model_ref), results, device=_device())
     model.eval()
     tok.padding_side = "left"  # generated tokens must follow each prompt directly
     return model, tok
@@ -130,8 +136,9 @@ def _autocast():
 
     from harness.train import autocast_dtype
 
-    dtype = autocast_dtype("auto", "cpu")
-    return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+    device = _device()
+    dtype = autocast_dtype("auto", device)
+    return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def generate(model_ref: str, prompts: list[str], p: GenParams, results: Path, meter: Meter) -> list[list[str]]:
@@ -146,7 +153,7 @@ def generate(model_ref: str, prompts: list[str], p: GenParams, results: Path, me
     def compute(batch: list[str]) -> list[tuple[list[str], int]]:
         model, tok = causal_lm(model_ref, results)
         enc = tok([_render(tok, t, p.system, p.shots) for t in batch], return_tensors="pt", padding=True,
-                  add_special_tokens=False)
+                  add_special_tokens=False).to(model.device)
         sample = p.temperature > 0
         cfg = GenerationConfig(max_new_tokens=p.max_new_tokens, do_sample=sample, num_return_sequences=p.k,
                                temperature=p.temperature if sample else None, top_p=p.top_p if sample else None,
@@ -154,7 +161,7 @@ def generate(model_ref: str, prompts: list[str], p: GenParams, results: Path, me
         torch.manual_seed(stable_hash("generate", p.seed, batch) % 2**31)  # same batch, same samples
         with _autocast():
             out = model.generate(**enc, generation_config=cfg)
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, enc["input_ids"].shape[1]:].cpu()
         end = new == tok.eos_token_id  # tokens written: up to and including the first end-of-sequence token
         written = torch.where(end.any(1), end.int().argmax(1) + 1, new.shape[1])
         texts = [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
@@ -181,7 +188,8 @@ def judge_yes(model_ref: str, pairs: list[tuple[str, str]], template: str, resul
         ids = {w: sorted({tok(v, add_special_tokens=False)["input_ids"][0] for v in (w, w.capitalize(),
                                                                                        " " + w, " " + w.capitalize())})
                for w in ("yes", "no")}
-        enc = tok([_render(tok, t, None) for t in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok([_render(tok, t, None) for t in batch], return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(model.device)
         with torch.no_grad(), _autocast():
             logits = model(**enc).logits[:, -1].float()  # left padding: the last position is the next token
         probs = torch.softmax(logits, dim=-1)
@@ -200,7 +208,7 @@ def _reward_model(model_ref: str):
         raise models.ModelError(f"reward model {model_ref!r}: expected a local Hugging Face sequence-classification "
                                 f"folder")
     model = AutoModelForSequenceClassification.from_pretrained(ref.path, use_safetensors=True,
-                                                               trust_remote_code=False).eval()
+                                                               trust_remote_code=False).eval().to(_device())
     tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -229,7 +237,7 @@ def reward(model_ref: str, pairs: list[tuple[str, str]], results: Path, meter: M
             enc = tok([p for p, _ in split], [r for _, r in split], return_tensors="pt", padding=True,
                       truncation=True)
         with torch.no_grad():
-            logits = model(**enc).logits.float()
+            logits = model(**enc.to(model.device)).logits.float()
         scores = logits[:, 0] if logits.shape[1] == 1 else torch.softmax(logits, -1)[:, -1 if label is None else label]
         return [(float(s), 0) for s in scores]
 

@@ -102,7 +102,7 @@ def test_best_of_k_picks_the_highest_scoring_candidate(monkeypatch, tmp_path):
     ctx = curate.Context(seed=0, sizes={}, results=tmp_path)
     res = curate.best_of_k(rows, {"policy": "micro", "k": 3, "threshold": 1.0}, ctx)
     assert [(r["id"], r["response"], r["original_response"]) for r in res.kept] == [("r0", "5", "4"), ("r1", "8", "9")]
-    assert res.dropped == [("r2", "best of 3 verifier score 0 below 1", 0.0)]
+    assert res.dropped == [("r2", "best of 3 verifier score 0 below 1: '0'", 0.0)]
     assert res.score_stats["acceptance_rate"] == pytest.approx(2 / 3)
     assert res.score_stats["candidates"]["mean"] == pytest.approx(3 / 9)
 
@@ -320,3 +320,25 @@ def test_data_build_and_show_through_the_cli(tmp_path):
     assert shown.exit_code == 0 and "exact duplicate of sft-2" in shown.output and "heuristic: mean" in shown.output
     missing = cli.invoke(app, ["data", "show", "zzz", "--results", str(results)])
     assert missing.exit_code == 2 and "no match" in missing.output
+
+
+def test_quality_vs_quantity_preset_resolves():
+    """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
+    from pathlib import Path
+
+    from harness.runner import plan
+
+    path = Path(data.__file__).parent / "matrices" / "quality-vs-quantity.yaml"
+    p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
+    assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
+    assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id
+    assert p.recipes["best-of-k"].steps[2][1]["shots"][0] == ["What is 7 + 5?", "12"]
+
+
+def test_k_center_never_picks_a_row_twice():
+    import numpy as np
+
+    x = np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2, 2]]  # three points, each twice
+    chosen, dist, nearest = curate.k_center(x, 5, seed=0)
+    assert len(set(chosen)) == 5 and {int(i) // 2 for i in chosen} == {0, 1, 2}  # the 3 points first, then repeats
+    assert not dist.any() and all(nearest[i] == i for i in chosen)
