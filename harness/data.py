@@ -358,6 +358,9 @@ def load_source(source: dict) -> tuple[list[dict], SourceReport]:
                 report.skip(str(e))
     if not rows:
         raise SpecError(f"{where}: no examples" + (f" ({report.n_bad} malformed rows skipped)" if report.n_bad else ""))
+    repeated = next((k for k, n in Counter(r["id"] for r in rows).items() if n > 1), None)
+    if repeated is not None:  # every decision names an example by its id
+        raise SpecError(f"{where}: id {repeated!r} is used by more than one row; ids must be unique")
     return rows, report
 
 

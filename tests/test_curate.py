@@ -214,6 +214,9 @@ def test_skip_bad_counts_and_keeps_going(tmp_path):
     path.write_text("not json\n")
     with pytest.raises(SpecError, match=r"mixed\.jsonl: no examples \(1 malformed rows skipped\)"):
         data.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
+    path.write_text('{"id": "x", "prompt": "a", "response": "b"}\n{"id": "x", "prompt": "c", "response": "d"}\n')
+    with pytest.raises(SpecError, match=r"mixed\.jsonl: id 'x' is used by more than one row"):
+        data.load_source({"kind": "jsonl", "path": str(path)})
 
 
 def test_datasets_folder_source_and_its_bad_rows(tmp_path):
