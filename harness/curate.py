@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from harness import generate, world
+from harness.embed import METHODS as EMBEDDINGS
 from harness.embed import embed
 
 
@@ -159,6 +160,8 @@ def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
         matches, measure = _minhash_dups(kept, threshold), "jaccard"
     else:
         name = params.get("embed", "minilm")
+        if name not in EMBEDDINGS:
+            raise RecipeError(f"dedup: unknown embed {name!r}; expected {' or '.join(EMBEDDINGS)}")
         x = embed([r["prompt"] + "\n" + r["response"] for r in kept], name, ctx.results, ctx.meter)
         matches, measure = _embedding_dups(x, threshold), f"{name} cosine"
     out = []
@@ -373,9 +376,9 @@ def diversity(rows: list[dict], params: dict, ctx: Context) -> Step:
         raise RecipeError("diversity needs n: <count>")
     n, method = int(params["n"]), params.get("method", "kcenter")
     name, on = params.get("embed", "minilm"), params.get("on", "prompt")
-    if method not in ("kcenter", "clusters") or on not in ("prompt", "both"):
-        raise RecipeError(f"diversity: expected method kcenter or clusters and on prompt or both, got {method!r}, "
-                          f"{on!r}")
+    if method not in ("kcenter", "clusters") or on not in ("prompt", "both") or name not in EMBEDDINGS:
+        raise RecipeError(f"diversity: expected method kcenter or clusters, on prompt or both, embed "
+                          f"{' or '.join(EMBEDDINGS)}; got {method!r}, {on!r}, {name!r}")
     if n >= len(rows):
         return Step(list(rows), [], {"method": method, "embed": name, "note": f"n={n} >= {len(rows)} rows: all kept"})
     x = embed([r["prompt"] + ("\n" + r["response"] if on == "both" else "") for r in rows], name, ctx.results,
