@@ -269,8 +269,7 @@ def recipe_lines(p: Plan) -> list[str]:
     out = []
     for arm, r in p.recipes.items():
         src = r.source["kind"] + (f" ({r.source['size']:,} examples)" if "size" in r.source else f" {r.source.get('path')}")
-        steps = " -> ".join(n + (f"({', '.join(f'{k}={v}' for k, v in prm.items() if k != 'like_dataset')})"
-                                 if prm else "") for n, prm in r.steps) or "as is"
+        steps = " -> ".join(n + (f"({data.short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
         out.append(f"{arm}: {src} -> {steps}   [data set {r.id}]")
     return out
 
