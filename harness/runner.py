@@ -148,6 +148,10 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
             store.ingest_run(con, results / "runs" / rid, p.matrix.name)
         for rid in finished:  # cells shared with another matrix belong to this one too
             con.execute("INSERT OR IGNORE INTO matrix_cells VALUES (?, ?)", [p.matrix.name, rid])
+        # the matrix is what its file says now: cells of an edited config leave it (their runs stay in `runs`, and
+        # come back when the config does), so the summary shows one row per cell
+        con.execute(f"DELETE FROM matrix_cells WHERE matrix = ? AND run_id NOT IN ({', '.join('?' * len(all_ids))})",
+                    [p.matrix.name, *all_ids])
     todo = [i for i in all_ids if i not in finished]
     if not todo:
         console.print(f"[green]all {len(all_ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
