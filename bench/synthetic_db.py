@@ -101,10 +101,11 @@ def build(path: Path, seeds: int = 5, docs: int = 4608, steps: int = 800, matrix
         n_in = 8000
         for i, (step, params) in enumerate(recipe):
             n_out = n if i == len(recipe) - 1 else n_in * 2 // 3
-            con.execute("INSERT INTO data_steps VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            con.execute("INSERT INTO data_steps (dataset_id, step_index, step, params, n_in, n_out) VALUES (?, ?, ?, ?, ?, ?)",
                         [f"ds-{arm}", i, step, json.dumps(params), n_in, n_out])
-            con.execute(f"INSERT INTO data_decisions SELECT 'ds-{arm}', {i}, '{step}', 'ex' || range, "
-                        f"'dropped by {step} for reason ' || (range % 3), NULL FROM range({n_in - n_out})")
+            con.execute(f"INSERT INTO data_decisions (dataset_id, step_index, step, example_id, reason) "
+                        f"SELECT 'ds-{arm}', {i}, '{step}', 'ex' || range, "
+                        f"'dropped by {step} for reason ' || (range % 3) FROM range({n_in - n_out})")
             n_in = n_out
     con.close()
     return path

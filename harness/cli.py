@@ -29,7 +29,9 @@ app = typer.Typer(help="Fine-tune language models under matched budgets and meas
 matrix_app = typer.Typer(help="Plan and run a matrix of base model x method x data arm x seed.", no_args_is_help=True)
 base_app = typer.Typer(help="Build the project's own tiny base models.", no_args_is_help=True)
 tasks_app = typer.Typer(help="The lm-eval tasks in tasks/.", no_args_is_help=True)
+data_app = typer.Typer(help="Build and inspect curated data sets outside a matrix.", no_args_is_help=True)
 app.add_typer(matrix_app, name="matrix")
+app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
 app.add_typer(tasks_app, name="tasks")
 
@@ -153,6 +155,55 @@ def tasks_build() -> None:
 
     for p in write_task_data():
         out.print(str(p))
+
+
+@data_app.command("build")
+def data_build(recipe: Path = typer.Argument(..., help="Recipe YAML ({source, steps}) or a matrix file (with --arm)."),
+               arm: Optional[str] = typer.Option(None, "--arm", help="The arm to build, when RECIPE is a matrix."),
+               skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count malformed input rows "
+                                                                       "instead of stopping at the first."),
+               results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Build one data set (cached by content under RESULTS/data/<id>/), record its provenance, print its card."""
+    from harness import data, store
+
+    try:
+        recipes, arm = data.load_recipe(recipe, arm, skip_bad)
+        built = data.build(recipes, results, [arm], log=err.print)
+    except _input_errors() as e:
+        raise fail(str(e)) from None
+    with store.writer(_db(db, results)) as con:
+        for folder in built.values():
+            store.ingest_dataset(con, folder)
+    _print_card(built[arm])
+
+
+@data_app.command("show")
+def data_show(dataset_id: str = typer.Argument(..., help="A data set id (or a unique prefix of one)."),
+              examples: int = typer.Option(3, "--examples", help="Kept and dropped examples to print (per step)."),
+              results: Path = ResultsOpt) -> None:
+    """Print a data set's card: counts and score distributions per step, a few kept and dropped examples."""
+    from harness import data
+
+    try:
+        folder = data.find(results, dataset_id)
+    except _input_errors() as e:
+        raise fail(str(e)) from None
+    _print_card(folder, examples)
+
+
+def _print_card(folder: Path, examples: int = 3) -> None:
+    from harness.data import card_summary
+
+    c = card_summary(folder, examples)
+    for line in c["header"]:
+        out.print(line, highlight=False)
+    print_table(["#", "step", "params", "in", "out", "dropped", "scores", "s"], c["steps"], title="steps")
+    print_table(["id", "prompt", "response"], [(r["id"], r["prompt"][:80], r["response"][:80]) for r in c["kept"]],
+                title="kept (first rows)")
+    print_table(["step", "id", "prompt", "response", "why"],
+                [(f"{d['step_index']} {d['step']}", d["example_id"], (d.get("prompt") or "")[:60],
+                  (d.get("response") or "")[:40], d["reason"]) for d in c["dropped"]], title="dropped (first per step)")
+    out.print(f"folder: {folder}", highlight=False)
 
 
 @app.command("models")

@@ -1,21 +1,29 @@
 """Curation steps: each takes rows and returns the rows it keeps plus a reason for every row it drops.
 
-A step is a plain function `step(rows, params, ctx) -> Step`; STEPS maps recipe names to them. Every decision is
-recorded (data_decisions in the database), so "what did the filter throw away?" is one query.
+A step is a plain function `step(rows, params, ctx) -> Step`; STEPS maps recipe names to them and STEP_KEYS lists
+the parameters each accepts (checked when a recipe is resolved, before anything runs). Every decision is recorded
+(data_decisions in the database), so "what did the filter throw away?" is one query.
+
+Steps: dedup (exact, MinHash-LSH or embedding near duplicates), filter (a pluggable scorer, kept by threshold or
+top_n), balance (equal skills), random (a seeded subset; the same-size control), diversity (n examples covering the
+prompt space: k-center greedy or cluster-balanced over embeddings), best_of_k (a policy samples K responses, a
+scorer picks the best) and distill (a teacher writes the responses).
 """
 
 from __future__ import annotations
 
 import random
 import re
-import statistics
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from harness import world
+from harness import generate, world
+from harness.embed import METHODS as EMBEDDINGS
+from harness.embed import embed
 
 
 class RecipeError(ValueError):
@@ -33,6 +41,20 @@ class Step:
 class Context:
     seed: int
     sizes: dict[str, int]  # dataset sizes of other arms, for {random: {like: arm}}
+    results: Path | None = None  # where models, caches of generations and embeddings live
+    meter: generate.Meter = field(default_factory=generate.Meter)  # what the current step's models cost
+
+
+def describe(scores: list[float] | np.ndarray) -> dict | None:
+    """A score distribution for the card and the database: mean, quantiles and a 10-bin histogram."""
+    x = np.asarray(scores, dtype=float)
+    if not len(x):
+        return None
+    counts, edges = np.histogram(x, bins=10)
+    q = np.quantile(x, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {"n": len(x), "mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()),
+            "quantiles": {k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), q)},
+            "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}}
 
 
 def normalise(text: str) -> str:
@@ -60,27 +82,14 @@ def _minhash(sh: set[int], a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((np.outer(x, a) + b) % _PRIME).min(axis=0)
 
 
-def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """Exact duplicates (same normalised prompt and response), then near duplicates by MinHash-LSH on character
-    5-grams of prompt + response with Jaccard >= threshold. The first occurrence is kept."""
-    threshold = float(params.get("threshold", 0.6))
-    near = bool(params.get("near", True))
-    kept, dropped, first = [], [], {}
-    for r in rows:
-        key = normalise(r["prompt"]) + "\x00" + normalise(r["response"])
-        if key in first:
-            dropped.append((r["id"], f"exact duplicate of {first[key]}", 1.0))
-        else:
-            first[key] = r["id"]
-            kept.append(r)
-    if not near:
-        return Step(kept, dropped)
+def _minhash_dups(rows: list[dict], threshold: float) -> list[tuple[int, float] | None]:
+    """For each row, the earlier kept row it near-duplicates (Jaccard of character 5-grams of prompt + response)."""
     rng = np.random.default_rng(12345)
     a = rng.integers(1, _PRIME, _N_HASH, dtype=np.uint64)
     b = rng.integers(0, _PRIME, _N_HASH, dtype=np.uint64)
-    shingles = [_shingles(r["prompt"] + " || " + r["response"]) for r in kept]
+    shingles = [_shingles(r["prompt"] + " || " + r["response"]) for r in rows]
     buckets: dict[tuple, list[int]] = {}
-    out = []
+    out: list[tuple[int, float] | None] = []
     for i, sh in enumerate(shingles):
         sig = _minhash(sh, a, b)
         bands = [(j, sig[j * 4:(j + 1) * 4].tobytes()) for j in range(_BANDS)]
@@ -93,50 +102,185 @@ def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
                     break
             if match:
                 break
-        if match:
-            dropped.append((kept[i]["id"], f"near duplicate of {kept[match[0]]['id']} (jaccard {match[1]:.2f})",
-                            match[1]))
-            continue
-        for band in bands:
-            buckets.setdefault(band, []).append(i)
-        out.append(kept[i])
-    return Step(out, dropped)
+        out.append(match)
+        if not match:
+            for band in bands:
+                buckets.setdefault(band, []).append(i)
+    return out
+
+
+def _embedding_dups(x: np.ndarray, threshold: float, block: int = 1024) -> list[tuple[int, float] | None]:
+    """For each row, the earlier kept row whose embedding has cosine similarity >= threshold with it. Blocked: a
+    block is compared to every kept row at once (one matrix product), then to the rows kept within the block."""
+    kept = np.empty_like(x)
+    kept_ids: list[int] = []
+    out: list[tuple[int, float] | None] = []
+    for s in range(0, len(x), block):
+        blk = x[s:s + block]
+        prev = blk @ kept[:len(kept_ids)].T if kept_ids else np.zeros((len(blk), 0), np.float32)
+        inner = blk @ blk.T
+        local: list[int] = []  # positions in this block kept so far
+        for r in range(len(blk)):
+            j = int(prev[r].argmax()) if prev.shape[1] else -1
+            best = (kept_ids[j], float(prev[r, j])) if j >= 0 else None
+            if local:
+                jl = local[int(inner[r, local].argmax())]
+                if best is None or inner[r, jl] > best[1]:
+                    best = (s + jl, float(inner[r, jl]))
+            if best is not None and best[1] >= threshold:
+                out.append(best)
+                continue
+            out.append(None)
+            local.append(r)
+        for r in local:
+            kept[len(kept_ids)] = blk[r]
+            kept_ids.append(s + r)
+    return out
+
+
+def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """Exact duplicates (same normalised prompt and response), then near duplicates: `method` minhash (Jaccard of
+    character 5-grams of prompt + response >= threshold, default 0.6), embedding (cosine similarity of the
+    embeddings of prompt + response >= threshold, default 0.95) or exact (none). The first occurrence is kept."""
+    method = params.get("method", "minhash")
+    if method not in ("minhash", "embedding", "exact"):
+        raise RecipeError(f"dedup: unknown method {method!r}; expected minhash, embedding or exact")
+    threshold = float(params.get("threshold", 0.95 if method == "embedding" else 0.6))
+    kept, dropped, first = [], [], {}
+    for r in rows:
+        key = normalise(r["prompt"]) + "\x00" + normalise(r["response"])
+        if key in first:
+            dropped.append((r["id"], f"exact duplicate of {first[key]}", 1.0))
+        else:
+            first[key] = r["id"]
+            kept.append(r)
+    if method == "exact":
+        return Step(kept, dropped)
+    if method == "minhash":
+        matches, measure = _minhash_dups(kept, threshold), "jaccard"
+    else:
+        name = params.get("embed", "minilm")
+        if name not in EMBEDDINGS:
+            raise RecipeError(f"dedup: unknown embed {name!r}; expected {' or '.join(EMBEDDINGS)}")
+        x = embed([r["prompt"] + "\n" + r["response"] for r in kept], name, ctx.results, ctx.meter)
+        matches, measure = _embedding_dups(x, threshold), f"{name} cosine"
+    out = []
+    for r, m in zip(kept, matches):
+        if m:
+            dropped.append((r["id"], f"near duplicate of {kept[m[0]]['id']} ({measure} {m[1]:.2f})", m[1]))
+        else:
+            out.append(r)
+    return Step(out, dropped, {"method": method, "threshold": threshold, "near_duplicates": sum(map(bool, matches))})
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scorers: row -> quality score in [0, 1]. Pluggable by name.
+# Scorers: (rows, params, ctx) -> (a quality score per row, an optional note per row saying why). Pluggable by
+# name; SCORER_KEYS lists each one's parameters. Higher is better; filter and best_of_k keep by threshold or rank.
+
+Scored = tuple[list[float], list[str] | None]
 
 
-def verifier_score(row: dict) -> float:
+def verifier_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
     """1 if the skills world's verifier accepts the response, else 0."""
-    if "skill" not in row or "params" not in row:
-        raise RecipeError(f"example {row['id']}: the verifier scorer needs skills-world rows (skill, op, params)")
-    return float(world.verify(row["skill"], row["op"], tuple(row["params"]), row["response"], _WORLD))
+    out = []
+    for row in rows:
+        if "skill" not in row or "params" not in row:
+            raise RecipeError(f"example {row['id']}: the verifier scorer needs skills-world rows (skill, op, params)")
+        out.append(float(world.verify(row["skill"], row["op"], tuple(row["params"]), row["response"], _WORLD)))
+    return out, None
 
 
 _WORLD = world.build_world()
 
-SCORERS: dict[str, Callable[[dict], float]] = {"verifier": verifier_score}
+
+def repetition(text: str) -> float:
+    """Share of repeated word bigrams: 0 for varied text, near 1 for a loop; 0 below 4 bigrams (too short to say)."""
+    words = text.lower().split()
+    grams = list(zip(words, words[1:]))
+    return 0.0 if len(grams) < 4 else 1 - len(set(grams)) / len(grams)
 
 
-def filter_(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """Keep rows whose score >= threshold (default 1.0 for the verifier), or the top_n by score."""
+HEURISTIC_DEFAULTS = {"min_chars": 1, "max_chars": 2000, "max_words": None, "max_repeat": 0.5, "format": None}
+
+
+def heuristic_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
+    """Rules on the response: min_chars, max_chars, max_words, max_repeat (share of repeated word bigrams) and
+    format (a regular expression the stripped response must match in full). Score: the share of rules passed."""
+    rules = {k: params.get(k, v) for k, v in HEURISTIC_DEFAULTS.items() if params.get(k, v) is not None}
+    if "format" in rules:
+        try:
+            pattern = re.compile(rules["format"], re.S)
+        except re.error as e:
+            raise RecipeError(f"filter heuristic: format: invalid regular expression ({e})") from None
+    scores, notes = [], []
+    for row in rows:
+        text = row["response"].strip()
+        measured = {"min_chars": len(text), "max_chars": len(text), "max_words": len(text.split()),
+                    "max_repeat": repetition(text)}
+        failed = [f"{k} ({measured[k]:.3g} {'<' if k == 'min_chars' else '>'} {v})" for k, v in rules.items()
+                  if k != "format" and (measured[k] < v if k == "min_chars" else measured[k] > v)]
+        if "format" in rules and not pattern.fullmatch(text):
+            failed.append("format (no match)")
+        scores.append(1 - len(failed) / len(rules))
+        notes.append("failed " + ", ".join(failed) if failed else "")
+    return scores, notes
+
+
+def reward_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
+    """A reward model (any Hugging Face sequence-classification folder): its score of (prompt, response)."""
+    if "model" not in params:
+        raise RecipeError("scorer reward needs model: <a local sequence-classification model folder>")
+    return generate.reward(params["model"], [(r["prompt"], r["response"]) for r in rows],
+                           _need_results(ctx, "scorer reward"), ctx.meter,
+                           label=params.get("label"), batch_size=int(params.get("batch_size", 16))), None
+
+
+def judge_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
+    """An LLM judge: a causal LM's probability of "yes" to a judging prompt with {prompt} and {response} slots."""
+    if "model" not in params:
+        raise RecipeError("scorer judge needs model: <a model alias or local causal-LM folder>")
+    template = params.get("prompt", generate.DEFAULT_JUDGE_PROMPT)
+    try:
+        if template.format(prompt="", response="\x00").count("\x00") != 1:
+            raise ValueError
+    except (KeyError, IndexError, ValueError):
+        raise RecipeError("scorer judge: prompt must contain {response} once (and usually {prompt}), and no other "
+                          "{...} slots (write {{ and }} for braces)") from None
+    return generate.judge_yes(params["model"], [(r["prompt"], r["response"]) for r in rows], template,
+                              _need_results(ctx, "scorer judge"), ctx.meter,
+                              batch_size=int(params.get("batch_size", 16))), None
+
+
+SCORERS: dict[str, Callable[[list[dict], dict, Context], Scored]] = {
+    "verifier": verifier_scores, "heuristic": heuristic_scores, "reward": reward_scores, "judge": judge_scores}
+SCORER_KEYS = {"verifier": set(), "heuristic": set(HEURISTIC_DEFAULTS), "reward": {"model", "label", "batch_size"},
+               "judge": {"model", "prompt", "batch_size"}}
+
+
+def _score(rows: list[dict], params: dict, ctx: Context) -> tuple[str, list[float], list[str] | None]:
     name = params.get("scorer", "verifier")
     if name not in SCORERS:
         raise RecipeError(f"unknown scorer {name!r}; expected one of {', '.join(SCORERS)}")
-    scores = [SCORERS[name](r) for r in rows]
-    stats = {"scorer": name, "mean": statistics.fmean(scores) if scores else None,
-             "min": min(scores, default=None), "max": max(scores, default=None)}
+    scores, notes = SCORERS[name](rows, params, ctx)
+    return name, scores, notes
+
+
+def filter_(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """Keep rows whose score >= threshold (default 1.0: every verifier check or heuristic rule passed), or the
+    top_n by score (ties broken by position)."""
+    name, scores, notes = _score(rows, params, ctx)
     if "top_n" in params:
-        order = sorted(range(len(rows)), key=lambda i: -scores[i])[: int(params["top_n"])]
-        keep = set(order)
+        n = int(params["top_n"])
+        keep = set(sorted(range(len(rows)), key=lambda i: -scores[i])[:n])
+        bar = f"not in the top {n}"
     else:
         threshold = float(params.get("threshold", 1.0))
         keep = {i for i, s in enumerate(scores) if s >= threshold}
+        bar = f"below {threshold:g}"
     kept = [r for i, r in enumerate(rows) if i in keep]
-    dropped = [(r["id"], f"{name} score {scores[i]:.3g} below the bar", scores[i])
-               for i, r in enumerate(rows) if i not in keep]
-    return Step(kept, dropped, stats)
+    dropped = [(r["id"], f"{name} score {scores[i]:.3g} {bar}" + (f": {notes[i]}" if notes and notes[i] else ""),
+                scores[i]) for i, r in enumerate(rows) if i not in keep]
+    return Step(kept, dropped, {"scorer": name, **(describe(scores) or {})})
 
 
 def balance(rows: list[dict], params: dict, ctx: Context) -> Step:
@@ -173,6 +317,168 @@ def random_subset(rows: list[dict], params: dict, ctx: Context) -> Step:
                 [(r["id"], "not drawn by the random subset", None) for r in rows if r["id"] not in kept_ids])
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Diversity: n rows that cover the prompt space.
+
+
+def k_center(x: np.ndarray, n: int, seed: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Greedy k-center (Gonzalez 1985, the core-set selection of Sener & Savarese 2018): start from a seeded random
+    row, then repeatedly add the row farthest (cosine distance) from everything chosen; within 2x of the optimal
+    covering radius. Returns the chosen rows, and each row's distance to and index of its nearest chosen row."""
+    first = int(np.random.default_rng(world.stable_hash("kcenter", seed) % 2**32).integers(len(x)))
+    chosen = [first]
+    dist = 1 - x @ x[first]
+    nearest = np.full(len(x), first)
+    dist[first] = -1  # chosen rows are marked -1, so that exact duplicates (distance 0) can still be picked after
+    for _ in range(n - 1):  # each round is one matrix-vector product: n x rows x dims multiply-adds in all
+        i = int(dist.argmax())
+        chosen.append(i)
+        d = 1 - x @ x[i]
+        closer = d < dist
+        dist[closer], nearest[closer] = d[closer], i
+        dist[i], nearest[i] = -1, i
+    return chosen, np.maximum(dist, 0), nearest
+
+
+def _nearest_chosen(x: np.ndarray, chosen: list[int], block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    c = x[chosen]
+    dist, nearest = np.empty(len(x), np.float32), np.empty(len(x), int)
+    for s in range(0, len(x), block):  # blocks keep the rows x chosen similarity matrix small
+        sims = x[s:s + block] @ c.T
+        j = sims.argmax(1)
+        nearest[s:s + block] = np.asarray(chosen)[j]
+        dist[s:s + block] = np.maximum(1 - sims[np.arange(len(j)), j], 0)
+    return dist, nearest
+
+
+def cluster_balanced(x: np.ndarray, n: int, clusters: int, seed: int) -> list[int]:
+    """k-means into `clusters` groups, then one row per cluster in turn (each cluster's rows in seeded random
+    order) until n: small clusters are emptied, big ones thinned, so rare kinds of prompt survive."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    k = min(clusters, len(x))
+    labels = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096).fit_predict(x)
+    rng = np.random.default_rng(world.stable_hash("clusters", seed) % 2**32)
+    members = [list(rng.permutation(np.flatnonzero(labels == c))) for c in range(k)]
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for m in members:
+            if m and len(chosen) < n:
+                chosen.append(int(m.pop()))
+    return chosen
+
+
+def diversity(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """n rows covering the prompt space: embeddings (`embed`: minilm, or tfidf without a model) of the prompts (`on:
+    prompt`, or `both` with the response), selected by k-center greedy (`method: kcenter`) or cluster-balanced
+    sampling (`method: clusters`, `clusters` k-means groups, default 64)."""
+    if "n" not in params:
+        raise RecipeError("diversity needs n: <count>")
+    n, method = int(params["n"]), params.get("method", "kcenter")
+    name, on = params.get("embed", "minilm"), params.get("on", "prompt")
+    if method not in ("kcenter", "clusters") or on not in ("prompt", "both") or name not in EMBEDDINGS:
+        raise RecipeError(f"diversity: expected method kcenter or clusters, on prompt or both, embed "
+                          f"{' or '.join(EMBEDDINGS)}; got {method!r}, {on!r}, {name!r}")
+    if n >= len(rows):
+        return Step(list(rows), [], {"method": method, "embed": name, "note": f"n={n} >= {len(rows)} rows: all kept"})
+    x = embed([r["prompt"] + ("\n" + r["response"] if on == "both" else "") for r in rows], name, ctx.results,
+              ctx.meter)
+    if method == "kcenter":
+        chosen, dist, nearest = k_center(x, n, ctx.seed)
+    else:
+        chosen = cluster_balanced(x, n, int(params.get("clusters", 64)), ctx.seed)
+        dist, nearest = _nearest_chosen(x, chosen)
+    keep = set(chosen)
+    dropped = [(r["id"], f"not selected by {method} ({name}): cosine distance {dist[i]:.3f} to "
+                         f"{rows[nearest[i]]['id']}", float(dist[i])) for i, r in enumerate(rows) if i not in keep]
+    stats = {"method": method, "embed": name, "covering_radius": float(dist.max()),
+             "distance_to_selected": describe(dist)}
+    return Step([r for i, r in enumerate(rows) if i in keep], dropped, stats)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation: best-of-K rejection sampling and distillation. Models come from harness.models (aliases or folders).
+
+GEN_KEYS = {"max_new_tokens", "temperature", "top_p", "system", "shots", "batch_size"}
+
+
+def _gen_params(params: dict, ctx: Context, k: int = 1, temperature: float = 0.0) -> generate.GenParams:
+    shots = params.get("shots", [])
+    if not isinstance(shots, list) or not all(isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s)
+                                              for s in shots):
+        raise RecipeError(f"shots: expected a list of [prompt, response] string pairs, got {shots!r}")
+    return generate.GenParams(max_new_tokens=int(params.get("max_new_tokens", 32)),
+                              temperature=float(params.get("temperature", temperature)),
+                              top_p=float(params.get("top_p", 1.0)), k=k, system=params.get("system"),
+                              shots=tuple(map(tuple, shots)), seed=ctx.seed,
+                              batch_size=int(params.get("batch_size", 16)))
+
+
+def _need_results(ctx: Context, step: str) -> Path:
+    if ctx.results is None:
+        raise RecipeError(f"{step}: needs a results folder (for the model and the generation cache)")
+    return ctx.results
+
+
+def best_of_k(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """Rejection sampling: the `policy` model samples k responses per prompt (temperature 1.0 and top_p 1.0 by
+    default), the scorer (as in filter; default verifier) scores each, and the best replaces the response. With a
+    `threshold`, prompts whose best candidate scores below it are dropped (the acceptance rate is recorded)."""
+    if "policy" not in params:
+        raise RecipeError("best_of_k needs policy: <a model alias or local folder>")
+    k = int(params.get("k", 4))
+    if k < 1:
+        raise RecipeError(f"best_of_k: k must be >= 1, got {k}")
+    samples = generate.generate(params["policy"], [r["prompt"] for r in rows],
+                                _gen_params(params, ctx, k=k, temperature=1.0), _need_results(ctx, "best_of_k"),
+                                ctx.meter)
+    candidates = [{**r, "response": c} for r, cs in zip(rows, samples) for c in cs]
+    name, scores, _ = _score(candidates, params, ctx)
+    threshold = float(params["threshold"]) if "threshold" in params else None
+    kept, dropped, best_scores = [], [], []
+    for i, r in enumerate(rows):
+        s = scores[i * k:(i + 1) * k]
+        j = int(np.argmax(s))  # the first of equally good candidates
+        best_scores.append(s[j])
+        if threshold is not None and s[j] < threshold:
+            dropped.append((r["id"], f"best of {k} {name} score {s[j]:.3g} below {threshold:g}: "
+                                     f"{samples[i][j][:60]!r}", s[j]))
+        else:
+            kept.append({**r, "response": samples[i][j], "original_response": r["response"],
+                         "best_of_k_score": s[j]})
+    stats = {"scorer": name, "k": k, "acceptance_rate": len(kept) / len(rows) if rows else None,
+             "best": describe(best_scores), "candidates": describe(scores),
+             "distinct_per_prompt": float(np.mean([len(set(c)) for c in samples])) if samples else None}
+    return Step(kept, dropped, stats)
+
+
+def distill(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """A `teacher` model writes the response for every prompt (greedy by default; temperature > 0 samples). Rows the
+    teacher answers with nothing are dropped. Follow with {filter: ...} to keep only answers that pass a check."""
+    if "teacher" not in params:
+        raise RecipeError("distill needs teacher: <a model alias or local folder>")
+    outputs = generate.generate(params["teacher"], [r["prompt"] for r in rows], _gen_params(params, ctx),
+                                _need_results(ctx, "distill"), ctx.meter)
+    kept, dropped = [], []
+    for r, (text,) in zip(rows, outputs):
+        if text:
+            kept.append({**r, "response": text, "original_response": r["response"]})
+        else:
+            dropped.append((r["id"], "the teacher wrote an empty response", None))
+    stats = {"teacher": params["teacher"], "changed": float(np.mean([x["response"] != x["original_response"]
+                                                                      for x in kept])) if kept else None,
+             "response_chars": describe([len(x["response"]) for x in kept])}
+    return Step(kept, dropped, stats)
+
+
 STEPS: dict[str, Callable[[list[dict], dict, Context], Step]] = {
-    "dedup": dedup, "filter": filter_, "balance": balance, "random": random_subset,
+    "dedup": dedup, "filter": filter_, "balance": balance, "random": random_subset, "diversity": diversity,
+    "best_of_k": best_of_k, "distill": distill,
 }
+_ALL_SCORER_KEYS = {"scorer"} | set().union(*SCORER_KEYS.values())
+STEP_KEYS: dict[str, set[str]] = {
+    "dedup": {"method", "threshold", "embed"}, "filter": {"threshold", "top_n"} | _ALL_SCORER_KEYS,
+    "balance": {"n"}, "random": {"n", "like"}, "diversity": {"n", "method", "embed", "on", "clusters"},
+    "best_of_k": {"policy", "k", "threshold"} | GEN_KEYS | _ALL_SCORER_KEYS, "distill": {"teacher"} | GEN_KEYS,
+}
+MODEL_KEYS = ("policy", "teacher", "model")  # parameters naming a model: their fingerprints join the recipe's id

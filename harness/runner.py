@@ -148,6 +148,10 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
             store.ingest_run(con, results / "runs" / rid, p.matrix.name)
         for rid in finished:  # cells shared with another matrix belong to this one too
             con.execute("INSERT OR IGNORE INTO matrix_cells VALUES (?, ?)", [p.matrix.name, rid])
+        # the matrix is what its file says now: cells of an edited config leave it (their runs stay in `runs`, and
+        # come back when the config does), so the summary shows one row per cell
+        con.execute(f"DELETE FROM matrix_cells WHERE matrix = ? AND run_id NOT IN ({', '.join('?' * len(all_ids))})",
+                    [p.matrix.name, *all_ids])
     todo = [i for i in all_ids if i not in finished]
     if not todo:
         console.print(f"[green]all {len(all_ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
@@ -269,8 +273,7 @@ def recipe_lines(p: Plan) -> list[str]:
     out = []
     for arm, r in p.recipes.items():
         src = r.source["kind"] + (f" ({r.source['size']:,} examples)" if "size" in r.source else f" {r.source.get('path')}")
-        steps = " -> ".join(n + (f"({', '.join(f'{k}={v}' for k, v in prm.items() if k != 'like_dataset')})"
-                                 if prm else "") for n, prm in r.steps) or "as is"
+        steps = " -> ".join(n + (f"({data.short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
         out.append(f"{arm}: {src} -> {steps}   [data set {r.id}]")
     return out
 

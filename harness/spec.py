@@ -245,12 +245,20 @@ def load_matrix(path: str | Path | None) -> Matrix:
     if not path.exists():
         raise SpecError(f"{path}: file not found (expected a matrix YAML or a built-in preset: "
                         f"{', '.join(presets())})")
-    m = parse_matrix(path.read_text(), str(path))
-    base = path.resolve().parent
-    # relative data paths are relative to the matrix file
-    arms = {k: dataclasses.replace(a, source=str(base / a.source)) if a.source.endswith((".jsonl", ".json"))
-            and not Path(a.source).is_absolute() else a for k, a in m.arms.items()}
-    return dataclasses.replace(m, arms=arms)
+    return resolve_paths(parse_matrix(path.read_text(), str(path)), path.resolve().parent)
+
+
+def resolve_paths(m: Matrix, base: Path) -> Matrix:
+    """Relative data paths (an arm's .jsonl or data set folder, a source's `path`) are relative to the matrix file."""
+    def local(p: str) -> bool:  # a named source wins over a folder of the same name
+        return p not in m.sources and not Path(p).is_absolute() and (p.endswith((".jsonl", ".json"))
+                                                                      or (base / p).is_dir())
+
+    arms = {k: dataclasses.replace(a, source=str(base / a.source)) if local(a.source) else a
+            for k, a in m.arms.items()}
+    sources = {k: {**v, "path": str(base / v["path"])} if isinstance(v.get("path"), str)
+               and not Path(v["path"]).is_absolute() else v for k, v in m.sources.items()}
+    return dataclasses.replace(m, arms=arms, sources=sources)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -116,6 +116,15 @@ MIGRATIONS: list[tuple[str, str]] = [
     CREATE TABLE stat_params (matrix VARCHAR PRIMARY KEY, n_boot INTEGER, confidence DOUBLE, alpha DOUBLE,
         seed INTEGER, computed_at TIMESTAMP DEFAULT current_timestamp);
     """),
+    ("curation provenance", """
+    ALTER TABLE datasets ADD COLUMN n_source INTEGER;         -- examples the source gave
+    ALTER TABLE datasets ADD COLUMN n_bad INTEGER;            -- malformed source rows skipped (skip_bad)
+    ALTER TABLE data_steps ADD COLUMN seconds DOUBLE;         -- the step's wall time in its first build
+    ALTER TABLE data_steps ADD COLUMN generated_tokens BIGINT; -- tokens models wrote in this step (best_of_k, distill)
+    ALTER TABLE data_steps ADD COLUMN compute_seconds DOUBLE; -- model time, cached outputs counted at their cost
+    ALTER TABLE data_decisions ADD COLUMN prompt VARCHAR;     -- the dropped example itself
+    ALTER TABLE data_decisions ADD COLUMN response VARCHAR;
+    """),
     ("check", """
     -- baselines saved with `harness check --save-baseline NAME` (the same JSON as --export-baseline writes)
     CREATE TABLE check_baselines (name VARCHAR PRIMARY KEY, created_at TIMESTAMP DEFAULT current_timestamp,
@@ -197,7 +206,7 @@ RUN_COLUMNS = ["run_id", "kind", "model", "model_fingerprint", "method", "method
                "hardware", "tokens_per_second", "peak_rss_bytes", "peak_gpu_bytes", "weights_bytes", "train_flops",
                "mfu", "device_hours", "cost_usd"]
 DATASET_COLUMNS = ["dataset_id", "recipe", "parent", "n_examples", "n_by_skill", "content_hash", "path",
-                   "build_seconds", "created_at", "generated_tokens", "device_hours", "cost_usd"]
+                   "build_seconds", "created_at", "generated_tokens", "device_hours", "cost_usd", "n_source", "n_bad"]
 
 
 def ingest_run(con, run_dir: Path, matrix: str | None) -> dict:
@@ -238,11 +247,15 @@ def ingest_dataset(con, data_dir: Path) -> None:
                     f"({', '.join('?' * len(DATASET_COLUMNS))})", [row.get(c) for c in DATASET_COLUMNS])
         con.execute("DELETE FROM data_steps WHERE dataset_id = ?", [did])
         for i, st in enumerate(card["steps"]):
-            con.execute("INSERT INTO data_steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT INTO data_steps (dataset_id, step_index, step, params, n_in, n_out, score_stats, "
+                        "seconds, generated_tokens, compute_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [did, i, st["step"], json.dumps(st["params"]), st["n_in"], st["n_out"],
-                         json.dumps(st.get("score_stats"))])
-        _replace(con, "data_decisions", "dataset_id", did, data_dir / "decisions.parquet",
-                 "dataset_id, step_index, step, example_id, reason, score")
+                         json.dumps(st.get("score_stats")), st.get("seconds"), st.get("generated_tokens"),
+                         st.get("compute_seconds")])
+        con.execute("DELETE FROM data_decisions WHERE dataset_id = ?", [did])
+        # BY NAME: decisions written before migration 3 lack the prompt and response columns, which stay NULL
+        con.execute("INSERT INTO data_decisions BY NAME SELECT * FROM read_parquet(?)",
+                    [str(data_dir / "decisions.parquet")])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

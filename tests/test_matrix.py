@@ -80,6 +80,22 @@ def test_rerun_skips_finished_cells(ci_run):
     assert time.perf_counter() - t0 < 10
 
 
+def test_an_edited_matrix_keeps_only_its_current_cells(ci_run, tmp_path):
+    """Dropping a method from the matrix takes its cells out of the matrix's summary; their runs stay in `runs`."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(ci_run[0], results)
+    edited = tmp_path / "ci.yaml"
+    edited.write_text(CI_MATRIX.read_text().replace("  lora: {r: 4, alpha: 8}\n", ""))
+    res = runner.invoke(app, ["matrix", "run", str(edited), "--results", str(results)])
+    assert res.exit_code == 0 and "all 3 cells of ci are finished" in res.output, res.output
+    with store.reader(results / "harness.duckdb") as con:
+        assert sorted(con.execute("SELECT method FROM summary WHERE matrix = 'ci'").fetchall()) == [
+            ("base",), ("full",), ("full",)]
+        assert con.execute("SELECT count(*) FROM runs WHERE method = 'lora'").fetchone()[0] == 2
+
+
 def test_readme_queries_run(ci_run):
     results, _ = ci_run
     readme = (ROOT / "README.md").read_text()

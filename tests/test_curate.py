@@ -1,0 +1,347 @@
+"""Curation steps on small pools with known answers, user-data inputs, recipe fingerprints and the generation cache."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import curate, data, generate, store
+from harness.cli import app
+from harness.spec import SpecError, parse_matrix
+
+CTX = curate.Context(seed=0, sizes={})
+cli = CliRunner()
+
+
+def row(i, prompt, response, **kw):
+    return {"id": f"r{i}", "prompt": prompt, "response": response, **kw}
+
+
+def arith(i, a, b, response):
+    return row(i, f"What is {a} + {b}?", response, skill="arith", op="add", params=[a, b])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps with known answers
+
+
+def test_heuristic_filter_drops_planted_defects_with_reasons():
+    rows = [row(0, "q", "Paris"), row(1, "q", ""),  # empty
+            row(2, "q", "Sure! The answer is Paris. Let me know if you need anything else."),  # filler
+            row(3, "q", "the cat the cat the cat the cat the cat"),  # a loop
+            row(4, "q", "[Paris]")]  # off format
+    res = curate.filter_(rows, {"scorer": "heuristic", "max_words": 4, "format": r"[A-Za-z0-9 ]+"}, CTX)
+    assert [r["id"] for r in res.kept] == ["r0"]
+    why = {i: reason for i, reason, _ in res.dropped}
+    assert "min_chars" in why["r1"] and "max_words (13 > 4)" in why["r2"]
+    assert "max_repeat" in why["r3"] and why["r4"].endswith("failed format (no match)")
+    assert res.score_stats["scorer"] == "heuristic" and res.score_stats["n"] == 5
+    with pytest.raises(curate.RecipeError, match="invalid regular expression"):
+        curate.filter_(rows, {"scorer": "heuristic", "format": "("}, CTX)
+
+
+def test_filter_top_n_keeps_the_highest_scores(monkeypatch):
+    monkeypatch.setitem(curate.SCORERS, "length", lambda rows, p, c: ([len(r["response"]) for r in rows], None))
+    rows = [row(i, "q", "x" * n) for i, n in enumerate([3, 9, 1, 7])]
+    res = curate.filter_(rows, {"scorer": "length", "top_n": 2}, CTX)
+    assert [r["id"] for r in res.kept] == ["r1", "r3"]
+    assert all(reason.endswith("not in the top 2") for _, reason, _ in res.dropped)
+
+
+def _three_kinds(n_each=12):
+    arith = [row(i, f"What is {i % 7} + {i % 5}?", "x") for i in range(n_each)]
+    facts = [row(100 + i, f"Name the capital city of Country{i}.", "x") for i in range(n_each)]
+    words = [row(200 + i, f"Give the antonym of word{i}.", "x") for i in range(n_each)]
+    return arith + facts + words
+
+
+@pytest.mark.parametrize("method", ["kcenter", "clusters"])
+def test_diversity_covers_every_kind_of_prompt(method):
+    """36 prompts of three kinds: 3 picks cover all three kinds, where the first 3 rows would be one kind."""
+    rows = _three_kinds()
+    res = curate.diversity(rows, {"n": 3, "method": method, "embed": "tfidf", "clusters": 3}, CTX)
+    assert len(res.kept) == 3 and len(res.dropped) == 33
+    assert sorted(int(r["id"][1:]) // 100 for r in res.kept) == [0, 1, 2]
+    assert res.score_stats["covering_radius"] > 0
+    again = curate.diversity(rows, {"n": 3, "method": method, "embed": "tfidf", "clusters": 3}, CTX)
+    assert [r["id"] for r in again.kept] == [r["id"] for r in res.kept]  # seeded
+
+
+def test_embedding_dedup_and_diversity_with_minilm(tmp_path):
+    """The one test that loads all-MiniLM-L6-v2: paraphrases are near duplicates by meaning, not by characters."""
+    rows = [row(0, "What is the capital of France?", "Paris"),
+            row(1, "What's the capital city of France?", "Paris"),  # a paraphrase: few shared 5-grams
+            row(2, "How many legs does a spider have?", "Eight"),
+            row(3, "Which planet is closest to the sun?", "Mercury")]
+    ctx = curate.Context(seed=0, sizes={}, results=tmp_path)
+    minhash = curate.dedup(rows, {}, ctx)
+    assert len(minhash.kept) == 4  # characters alone do not see it
+    res = curate.dedup(rows, {"method": "embedding", "threshold": 0.85}, ctx)
+    assert [r["id"] for r in res.kept] == ["r0", "r2", "r3"]
+    assert res.dropped[0][1].startswith("near duplicate of r0 (minilm cosine 0.9")
+    assert res.score_stats == {"method": "embedding", "threshold": 0.85, "near_duplicates": 1}
+    assert list((tmp_path / "cache" / "embeddings").glob("minilm-*.npy"))  # cached by content
+    div = curate.diversity(rows, {"n": 3}, ctx)  # minilm by default: the paraphrase pair is one point
+    assert len({r["id"] for r in div.kept} & {"r0", "r1"}) == 1
+
+
+def test_embedding_near_duplicates_across_blocks():
+    import numpy as np
+
+    x = np.eye(5, dtype=np.float32)[[0, 1, 0, 2, 1, 3]]  # rows 2 and 4 repeat rows 0 and 1
+    for block in (1, 2, 64):
+        m = curate._embedding_dups(x, 0.99, block=block)
+        assert [a if a is None else a[0] for a in m] == [None, None, 0, None, 1, None]
+
+
+def test_best_of_k_picks_the_highest_scoring_candidate(monkeypatch, tmp_path):
+    """A fake policy with known candidates, scored by the real verifier."""
+    rows = [arith(0, 2, 3, "4"), arith(1, 4, 4, "9"), arith(2, 1, 1, "3")]
+    fake = {"What is 2 + 3?": ["4", "5", "6"], "What is 4 + 4?": ["8", "8", "7"], "What is 1 + 1?": ["0", "1", "3"]}
+    monkeypatch.setattr(generate, "generate", lambda ref, prompts, p, results, meter: [fake[q] for q in prompts])
+    ctx = curate.Context(seed=0, sizes={}, results=tmp_path)
+    res = curate.best_of_k(rows, {"policy": "micro", "k": 3, "threshold": 1.0}, ctx)
+    assert [(r["id"], r["response"], r["original_response"]) for r in res.kept] == [("r0", "5", "4"), ("r1", "8", "9")]
+    assert res.dropped == [("r2", "best of 3 verifier score 0 below 1: '0'", 0.0)]
+    assert res.score_stats["acceptance_rate"] == pytest.approx(2 / 3)
+    assert res.score_stats["candidates"]["mean"] == pytest.approx(3 / 9)
+
+
+def _no_model_loads(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded although every output was cached")
+
+    monkeypatch.setattr(generate, "causal_lm", refuse)
+
+
+def test_generation_steps_with_a_real_policy_and_the_cache(results, monkeypatch):
+    """micro as policy, teacher and judge; a stub scorer (response length) picks the best; a rerun generates
+    nothing and loads no model."""
+    monkeypatch.setitem(curate.SCORERS, "length", lambda rows, p, c: ([len(r["response"]) for r in rows], None))
+    rows = [arith(i, i, 1, str(i + 1)) for i in range(5)] + [arith(9, 0, 1, "1")]  # r9 repeats r0's prompt
+    params = {"policy": "micro", "k": 3, "max_new_tokens": 6, "scorer": "length", "batch_size": 4}
+    runs = []
+    for _ in range(2):
+        ctx = curate.Context(seed=0, sizes={}, results=results)
+        runs.append((curate.best_of_k(rows, params, ctx), ctx.meter))
+        _no_model_loads(monkeypatch)  # the second round must come from the cache
+    (first, m1), (second, m2) = runs
+    assert m1.computed == 5 and m1.cached == 0 and m1.generated_tokens > 0  # each distinct prompt once
+    assert m2.computed == 0 and m2.cached == 5 and m2.generated_tokens == m1.generated_tokens
+    assert [r["response"] for r in first.kept] == [r["response"] for r in second.kept]
+    journal = next((results / "cache" / "generations").glob("*.jsonl"))
+    cands = {rec["key"]: rec["value"] for rec in map(json.loads, journal.read_text().splitlines())}
+    for r in first.kept:  # the longest of its own 3 candidates
+        own = cands[generate.prompt_key(r["prompt"])]
+        assert len(own) == 3 and len(r["response"]) == max(map(len, own))
+    monkeypatch.undo()
+    ctx = curate.Context(seed=0, sizes={}, results=results)
+    judged = curate.filter_(rows, {"scorer": "judge", "model": "micro", "threshold": 0.0}, ctx)
+    assert all(0 <= s <= 1 for s in [d[2] for d in judged.dropped] + [judged.score_stats["min"]])
+    assert len(judged.kept) == len(rows) and ctx.meter.computed == 5
+    dist = curate.distill(rows, {"teacher": "micro", "max_new_tokens": 6, "temperature": 1.0}, ctx)
+    assert len(dist.kept) + len(dist.dropped) == len(rows) and dist.kept  # sampled: micro writes something
+    assert all(r["response"] and r["original_response"] == x["response"] for r, x in zip(dist.kept, rows))
+    assert all(reason == "the teacher wrote an empty response" for _, reason, _ in dist.dropped)
+
+
+def test_reward_model_scorer(results, micro_base, tmp_path):
+    """Any sequence-classification folder: a randomly initialised tiny Llama with the micro tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(micro_base)
+    tok.chat_template = None  # a text-pair reward model
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id))
+    folder = tmp_path / "rm"
+    rm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    rows = [arith(i, i, 2, str(i + 2)) for i in range(6)]
+    ctx = curate.Context(seed=0, sizes={}, results=results)
+    res = curate.filter_(rows, {"scorer": "reward", "model": str(folder), "top_n": 2}, ctx)
+    scores, _ = curate.reward_scores(rows, {"model": str(folder)}, ctx)
+    assert {r["id"] for r in res.kept} == {rows[i]["id"] for i in sorted(range(6), key=lambda i: -scores[i])[:2]}
+    assert len(set(scores)) > 1 and ctx.meter.cached == 6  # the second call came from the cache
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: every kind, bad rows, skip_bad
+
+
+def test_chat_messages_become_prompt_and_response(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    lines = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]},
+             {"id": "m2", "messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                                       {"role": "user", "content": "and 3+3?"},
+                                       {"role": "assistant", "content": "6"}]},
+             {"prompt": "plain", "response": "row"}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = data.read_jsonl(path)
+    assert (rows[0]["id"], rows[0]["prompt"], rows[0]["response"]) == ("chat-1", "Hi?", "Hello.")
+    assert rows[1]["prompt"] == "System: Be brief.\n\nUser: 2+2?\n\nAssistant: 4\n\nUser: and 3+3?"
+    assert rows[1]["response"] == "6" and rows[1]["id"] == "m2" and len(rows[1]["messages"]) == 5
+    assert rows[2]["prompt"] == "plain"
+
+
+BAD_CHAT = [
+    ({"messages": []}, r"messages: expected a non-empty list"),
+    ({"messages": [{"role": "user", "content": "q"}]}, r"messages: the last turn must be the assistant's"),
+    ({"messages": [{"role": "bot", "content": "q"}]}, r"messages\.0: expected \{role: system\|user\|assistant"),
+    ({"messages": [{"role": "assistant", "content": "a"}]}, r"messages: expected a user turn before"),
+    ([1, 2], r"expected an object, got list"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_CHAT)
+def test_bad_chat_lines_name_file_and_line(tmp_path, bad, message):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n\n" + json.dumps(bad) + "\n")
+    with pytest.raises(SpecError, match=rf"chat\.jsonl:3: {message}"):
+        data.read_jsonl(path)
+
+
+def test_skip_bad_counts_and_keeps_going(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\nnot json\n{"prompt": 1}\n{"prompt": "c", "response": "d"}\n')
+    rows, report = data.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
+    assert [r["prompt"] for r in rows] == ["a", "c"]
+    assert (report.n_read, report.n_bad) == (4, 2) and report.bad[0].endswith("mixed.jsonl:2: invalid JSON "
+                                                                              "(Expecting value)")
+    path.write_text("not json\n")
+    with pytest.raises(SpecError, match=r"mixed\.jsonl: no examples \(1 malformed rows skipped\)"):
+        data.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
+    path.write_text('{"id": "x", "prompt": "a", "response": "b"}\n{"id": "x", "prompt": "c", "response": "d"}\n')
+    with pytest.raises(SpecError, match=r"mixed\.jsonl: id 'x' is used by more than one row"):
+        data.load_source({"kind": "jsonl", "path": str(path)})
+
+
+def test_datasets_folder_source_and_its_bad_rows(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    good = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]
+    Dataset.from_list(good).save_to_disk(str(tmp_path / "plain"))
+    DatasetDict({"train": Dataset.from_list(good + [{"question": "q", "answer": None}])}).save_to_disk(
+        str(tmp_path / "dict"))
+    m = parse_matrix("""
+sources:
+  plain: {path: PLAIN, columns: {prompt: question, response: answer}}
+  dict: {path: DICT, split: train, columns: {prompt: question, response: answer}}
+  dict_skip: {path: DICT, split: train, columns: {prompt: question, response: answer}, skip_bad: true}
+  nosplit: {path: DICT}
+arms: {a: {source: plain}, b: {source: dict}, c: {source: dict_skip}, d: {source: nosplit}}
+""".replace("PLAIN", str(tmp_path / "plain")).replace("DICT", str(tmp_path / "dict")))
+    rec = data.resolve_recipes(m)
+    rows, _ = data.load_source(rec["a"].source)
+    assert [(r["id"], r["prompt"], r["response"]) for r in rows][0] == ("plain-0", "q0", "a0")
+    with pytest.raises(SpecError, match=r"dict\[?.*row 3: expected an object with string fields question and "
+                                        r"answer"):
+        data.load_source(rec["b"].source)
+    rows, report = data.load_source(rec["c"].source)
+    assert len(rows) == 3 and report.n_bad == 1
+    with pytest.raises(SpecError, match="a DatasetDict; set split to one of train"):
+        data.load_source(rec["d"].source)
+    (tmp_path / "notdata").mkdir()
+    with pytest.raises(SpecError, match="not a folder written by datasets' save_to_disk"):
+        data.resolve_recipes(parse_matrix(f"arms: {{a: {{source: {tmp_path / 'notdata'}}}}}"))
+
+
+def test_hub_source_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rec = data.resolve_recipes(parse_matrix("arms: {a: {source: 'hub:someone/sft-data'}}"))
+    assert rec["a"].source == {"kind": "hub", "id": "someone/sft-data"}
+    with pytest.raises(SpecError, match=r"^source hub:someone/sft-data: offline \(HF_HUB_OFFLINE"):
+        data.load_source(rec["a"].source)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes: fingerprints, validation, empty results, the CLI and the database
+
+
+def test_recipe_fingerprints_are_stable_and_cover_models():
+    text = """
+sources: {pool: {size: 300}}
+arms:
+  d: {source: pool, steps: [dedup, {distill: {teacher: micro, max_new_tokens: 8}}]}
+  f: {source: pool, steps: [{filter: {scorer: heuristic, max_words: 3}}, {diversity: 50}]}
+"""
+    a, b = data.resolve_recipes(parse_matrix(text)), data.resolve_recipes(parse_matrix(text))
+    assert {k: r.id for k, r in a.items()} == {k: r.id for k, r in b.items()}
+    assert a["d"].steps[1][1]["teacher_fingerprint"].startswith("micro-")
+    other = data.resolve_recipes(parse_matrix(text.replace("teacher: micro", "teacher: tiny")))
+    assert other["d"].id != a["d"].id and other["f"].id == a["f"].id
+    assert a["f"].steps[1] == ("diversity", {"n": 50})
+
+
+@pytest.mark.parametrize("steps,message", [
+    ("[{filter: {scorer: verifier, treshold: 1}}]", r"arms\.a\.steps\.0\.filter\.treshold: unknown key; expected"),
+    ("[{filter: astrology}]", r"arms\.a\.steps\.0\.filter\.scorer: unknown scorer 'astrology'"),
+    ("[{distill: {teacher: no-such-model}}]", r"arms\.a\.steps\.0\.distill\.teacher: model 'no-such-model'"),
+    ("[{balance: {n: 5}}, {shuffle: 3}]", r"arms\.a\.steps\.1: unknown step 'shuffle'"),
+])
+def test_bad_steps_are_named(steps, message):
+    with pytest.raises(SpecError, match=message):
+        data.resolve_recipes(parse_matrix(f"arms: {{a: {{source: skills_pool, steps: {steps}}}}}"))
+
+
+def test_a_step_that_leaves_nothing_is_an_error(tmp_path):
+    m = parse_matrix("sources: {pool: {size: 50}}\narms: {a: {source: pool, steps: [{filter: {scorer: heuristic, "
+                     "format: 'zzz'}}]}}")
+    with pytest.raises(curate.RecipeError, match=r"arm a: step 0 \(filter\) left no examples of 50"):
+        data.build(data.resolve_recipes(m), tmp_path, log=lambda *a: None)
+    assert not list((tmp_path / "data").glob("*"))  # nothing half-written
+
+
+def test_data_build_and_show_through_the_cli(tmp_path):
+    (tmp_path / "sft.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"What is {i} + {i}?", "response": str(2 * i)}) + "\n" for i in range(8))
+        + json.dumps({"prompt": "What is 1 + 1?", "response": "2"}) + "\n"  # an exact duplicate of line 2
+        + json.dumps({"prompt": "What is 9 + 9?", "response": "18 " * 30}) + "\n"  # too long
+        + "not json\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "source: sft.jsonl\nsteps: [dedup, {filter: {scorer: heuristic, max_chars: 10}}]\n")
+    results = tmp_path / "results"
+    res = cli.invoke(app, ["data", "build", str(tmp_path / "recipe.yaml"), "--results", str(results)])
+    assert res.exit_code == 2 and "sft.jsonl:11: invalid JSON" in res.output
+    res = cli.invoke(app, ["data", "build", str(tmp_path / "recipe.yaml"), "--skip-bad", "--results", str(results)])
+    assert res.exit_code == 0, res.output
+    assert "8 examples from jsonl" in res.output and "malformed skipped 1" in res.output
+    dataset_id = next((results / "data").iterdir()).name
+    with store.reader(results / "harness.duckdb") as con:
+        why = con.execute("SELECT step, example_id, reason, prompt FROM data_decisions WHERE dataset_id = ? "
+                          "ORDER BY step_index", [dataset_id]).fetchall()
+        assert why[0][:2] == ("dedup", "sft-9") and why[0][2] == "exact duplicate of sft-2"
+        assert why[1][:2] == ("filter", "sft-10") and "max_chars" in why[1][2] and why[1][3] == "What is 9 + 9?"
+        steps = con.execute("SELECT step, n_in, n_out FROM data_steps WHERE dataset_id = ? ORDER BY step_index",
+                            [dataset_id]).fetchall()
+        assert steps == [("dedup", 10, 9), ("filter", 9, 8)]
+        assert con.execute("SELECT n_source, n_bad, generated_tokens FROM datasets").fetchall() == [(10, 1, 0)]
+    shown = cli.invoke(app, ["data", "show", dataset_id[:6], "--results", str(results)])
+    assert shown.exit_code == 0 and "exact duplicate of sft-2" in shown.output and "heuristic: mean" in shown.output
+    missing = cli.invoke(app, ["data", "show", "zzz", "--results", str(results)])
+    assert missing.exit_code == 2 and "no match" in missing.output
+
+
+def test_quality_vs_quantity_preset_resolves():
+    """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
+    from pathlib import Path
+
+    from harness.runner import plan
+
+    path = Path(data.__file__).parent / "matrices" / "quality-vs-quantity.yaml"
+    p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
+    assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
+    assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id
+    assert p.recipes["best-of-k"].steps[2][1]["shots"][0] == ["What is 7 + 5?", "12"]
+
+
+def test_k_center_never_picks_a_row_twice():
+    import numpy as np
+
+    x = np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2, 2]]  # three points, each twice
+    chosen, dist, nearest = curate.k_center(x, 5, seed=0)
+    assert len(set(chosen)) == 5 and {int(i) // 2 for i in chosen} == {0, 1, 2}  # the 3 points first, then repeats
+    assert not dist.any() and all(nearest[i] == i for i in chosen)
