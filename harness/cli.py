@@ -353,8 +353,8 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
                                                     "harness/check_policy.yaml)."),
               export_baseline: Optional[Path] = typer.Option(None, "--export-baseline",
                                                              help="Write the candidate as a baseline JSON file."),
-              save_baseline: Optional[str] = typer.Option(None, "--save-baseline",
-                                                          help="Store the candidate as a named baseline in the database."),
+              save_baseline: Optional[str] = typer.Option(None, "--save-baseline", help="Store the candidate as a "
+                                                          "named baseline in the database."),
               junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per gated "
                                                    "metric)."),
               markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write a markdown summary (for "
