@@ -337,6 +337,16 @@ def _one_line(items: list[str], limit: int = 6) -> str:
     return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _mismatches(baseline: Side, candidate: Side, policy: Policy, cells: list[str]) -> tuple[list[str], list[str]]:
+    """Differences between the sides: (those the policy requires to match, the rest: the change under test)."""
+    diffs = [("eval", d) for d in _eval_diffs(baseline, candidate)]
+    for cell in cells:
+        sb, sc = (_sections(x.scores.runs[x.scores.runs["cell"] == cell].iloc[0]) for x in (baseline, candidate))
+        diffs += [(key, f"{cell}: {d}") for key in sb if not (key == "data" and cell.endswith("/base"))
+                  for d in _diff(sb[key], sc[key], key)]
+    return [d for k, d in diffs if k in policy.match], [d for k, d in diffs if k not in policy.match]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The comparison
 
@@ -396,37 +406,24 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
     fail = fail or plain_fail
     opts = stats.Options(n_boot=policy.n_boot, alpha=policy.alpha)
     b, c = baseline.scores, candidate.scores
-    problems, changes, notes = [], [], []
-
-    eval_diffs = _eval_diffs(baseline, candidate)
-    (problems if "eval" in policy.match else changes).extend(eval_diffs)
     common = [t for t in b.tasks if t in c.tasks and b.tasks[t].metric == c.tasks[t].metric]
-    if not common:
-        raise CheckError(f"no task in common: baseline {', '.join(b.tasks)}; candidate {', '.join(c.tasks)}")
     b_cells, c_cells = list(dict.fromkeys(b.runs["cell"])), list(dict.fromkeys(c.runs["cell"]))
+    cells = [x for x in b_cells if x in c_cells]
     gated_cells = _gated_cells(policy, b_cells, fail)
-    for cell in b_cells:
-        if cell not in c_cells:
-            if cell in gated_cells and not candidate.partial:
-                problems.append(f"cell {cell} is in the baseline but not in the candidate")
-    notes += [f"{cell}: in the candidate only (not compared)" for cell in c_cells if cell not in b_cells]
     gated_metrics = _gated_metrics(policy, b.tasks, fail)
+    problems, changes = _mismatches(baseline, candidate, policy, cells)
+    problems += [f"cell {x} is in the baseline but not in the candidate" for x in b_cells
+                 if x not in c_cells and x in gated_cells and not candidate.partial]
     problems += [f"gated metric {t}: not in the candidate" for t in sorted(gated_metrics)
                  if t in b.tasks and t not in common and "eval" not in policy.match]
-    cells = [x for x in b_cells if x in c_cells]
-    for cell in cells:
-        rb = b.runs[b.runs["cell"] == cell].iloc[0]
-        rc = c.runs[c.runs["cell"] == cell].iloc[0]
-        sb, sc = _sections(rb), _sections(rc)
-        for key in sb:
-            diffs = _diff(sb[key], sc[key], key)
-            if diffs and not (key == "data" and cell.endswith("/base")):
-                (problems if key in policy.match else changes).extend(f"{cell}: {d}" for d in diffs)
     if problems:
         raise CheckError(f"{baseline.label} and {candidate.label} differ in what the policy requires to match "
                          f"(match: {', '.join(policy.match)}): {_one_line(problems)}")
+    if not common:
+        raise CheckError(f"no task in common: baseline {', '.join(b.tasks)}; candidate {', '.join(c.tasks)}")
     if not cells:
         raise CheckError(f"no cell in common: baseline {', '.join(b_cells)}; candidate {', '.join(c_cells)}")
+    notes = [f"{cell}: in the candidate only (not compared)" for cell in c_cells if cell not in b_cells]
 
     # both sides restricted to the tasks in common; resamples shared where the examples are the same (paired)
     b_s, c_s = (dataclasses.replace(x, tasks={t: x.tasks[t] for t in common}) for x in (b, c))
@@ -552,7 +549,8 @@ def verdict(res: Result) -> str:
     tail = f"; {len(better)} improved ({', '.join(better['cell'] + ' ' + better['metric'])})" if len(better) else ""
     if res.passed:
         return f"PASS: no regression in {gated} gated metrics{tail}"
-    which = ", ".join(f"{r.cell} {r.metric} {r.change:+.3f} (p {_p(r.p_adjusted)})" for r in reg.itertuples())
+    which = ", ".join(f"{r.cell} {r.metric} {r.change:+.3f} (p {_p(r.p_adjusted).replace('<', '< ')})"
+                      for r in reg.itertuples())
     return f"FAIL: {len(reg)} of {gated} gated metrics regressed: {which}{tail}"
 
 
