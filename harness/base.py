@@ -129,7 +129,9 @@ def build_base(recipe: BaseRecipe, root: Path, on_step: Callable | None = None, 
     model = LlamaForCausalLM(config)
     curve = optimize(model, pretraining_batches(ids, recipe.seq_len, recipe.batch_size, recipe.seed),
                      total_steps=recipe.steps, lr=recipe.lr, schedule="cosine", warmup=0.05,
-                     weight_decay=0.1, on_step=on_step)
+                     weight_decay=0.1, on_step=on_step,
+                     fused=False)  # the per-parameter AdamW the bases were first built with: a base id hashes its
+                                   # recipe, so its weights must not change under it
     tmp = root / f".{recipe.id}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

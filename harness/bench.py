@@ -66,7 +66,7 @@ def run_trl(model, tokenizer, examples, order, lr: float, padding_free: bool, wo
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from harness.train import lr_at
+    from harness.train import adamw, lr_at
 
     data = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
 
@@ -99,7 +99,7 @@ def run_trl(model, tokenizer, examples, order, lr: float, padding_free: bool, wo
     clock = Clock()
     # the harness's optimizer and schedule, handed to TRL, so that only the trainers differ
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    opt = adamw(params, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, len(order), lr, "cosine", 0.1) / lr)
     trainer = FixedOrder(model=model, args=cfg, train_dataset=data, processing_class=tokenizer,
                          callbacks=[clock, Losses()], optimizers=(opt, sched))
