@@ -153,7 +153,7 @@ def speed(model_ref: str, method: str, steps: int, batch_size: int, results: Pat
             tps, losses = fn(model)
             best = max(best, tps)
         out.append(Result(setting, name, best, statistics.fmean(losses[-10:]), len(losses)))
-        log(f"  {setting}: {name}: {tps:,.0f} tok/s, final loss {out[-1].final_loss:.4f}")
+        log(f"  {setting}: {name}: {best:,.0f} tok/s (best of {repeats}), final loss {out[-1].final_loss:.4f}")
     return out
 
 
