@@ -134,8 +134,8 @@ def speed(model_ref: str, method: str, steps: int, batch_size: int, results: Pat
     order = batch_order([len(e.input_ids) for e in examples], batch_size, seed=0, steps=steps)
     setting = f"{model_ref} {method}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "")
     out = []
-    runs = [("harness (padded)", mine, lambda m: run_harness(m, tok, examples, order, lr, False, device)),
-            ("harness (packed)", mine, lambda m: run_harness(m, tok, examples, order, lr, True, device))]
+    runs = [(f"harness padded, {mine}", mine, lambda m: run_harness(m, tok, examples, order, lr, False, device)),
+            (f"harness packed, {mine}", mine, lambda m: run_harness(m, tok, examples, order, lr, True, device))]
     for attention in ("sdpa", "eager"):
         runs += [(f"TRL padded, {attention}", attention,
                   lambda m: run_trl(m, tok, examples, order, lr, False, Path(tempfile.mkdtemp()), device)),
@@ -166,13 +166,16 @@ def report(rows: list[Result]) -> list[dict]:
         default = next(r for r in trl if r.trainer == "TRL padded, sdpa")
         best = max(trl, key=lambda r: r.tokens_per_second)
         harness = max(mine, key=lambda r: r.tokens_per_second)
+        same = next(r for r in trl if r.trainer == "TRL padded, " + harness.trainer.rsplit(", ", 1)[1])
         table.append({"setting": setting, "harness": harness.trainer, "harness_tok_s": harness.tokens_per_second,
                       "trl_default_tok_s": default.tokens_per_second, "trl_best": best.trainer,
                       "trl_best_tok_s": best.tokens_per_second,
                       "vs_default": harness.tokens_per_second / default.tokens_per_second,
                       "vs_best": harness.tokens_per_second / best.tokens_per_second,
                       "loss_harness": harness.final_loss, "loss_trl_default": default.final_loss,
-                      "loss_gap": abs(harness.final_loss - default.final_loss) / default.final_loss})
+                      # the same work, to the attention kernel: TRL padded with the harness's attention (SDPA and
+                      # eager alone differ by up to ~1.5% in a 30-step mean of bf16 losses)
+                      "loss_gap": abs(harness.final_loss - same.final_loss) / same.final_loss})
     return table
 
 

@@ -279,7 +279,7 @@ def bench_cmd(models: str = typer.Option("tiny", help="Comma-separated model ali
                 [(r.setting, r.trainer, round(r.tokens_per_second), round(r.final_loss, 4)) for r in rows],
                 title="training throughput (non-pad tokens/s after 5 warm-up steps; loss: mean of the last 10 steps)")
     print_table(["setting", "harness tok/s", "TRL default tok/s", "x TRL default", "TRL best mode", "x TRL best",
-                 "loss gap vs TRL"],
+                 "loss gap vs TRL (same attention)"],
                 [(t["setting"], round(t["harness_tok_s"]), round(t["trl_default_tok_s"]), f"{t['vs_default']:.2f}",
                   t["trl_best"], f"{t['vs_best']:.2f}", f"{t['loss_gap']:.2%}") for t in table],
                 title="harness vs TRL (goal: >= 1.5x TRL default, >= 1.0x TRL's best mode, loss within 1%)")
