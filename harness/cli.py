@@ -40,7 +40,8 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ResultsOpt = typer.Option(Path(os.environ.get("HARNESS_RESULTS", "results")), "--results",
-                          help="Folder for run artefacts, data sets and base models (env HARNESS_RESULTS).")
+                          help="Folder for runs, data sets and the database (env HARNESS_RESULTS); built bases and converted "
+                               "models live in the shared cache (env HARNESS_CACHE, default ~/.cache/harness).")
 DbOpt = typer.Option(None, "--db", help="DuckDB file (env HARNESS_DB; default RESULTS/harness.duckdb).")
 
 
@@ -138,13 +139,13 @@ def matrix_defaults() -> None:
 
 @base_app.command("build")
 def base_build(preset: str = typer.Option("tiny", help="Base recipe: tiny (default world) or micro (tests)."),
-               results: Path = ResultsOpt) -> None:
-    """Train the tokenizer and pretrain the tiny base (cached by content hash under RESULTS/bases/)."""
+) -> None:
+    """Train the tokenizer and pretrain the tiny base (cached by content hash under $HARNESS_CACHE/bases/)."""
     from harness.base import PRESETS, build_base
 
     if preset not in PRESETS:
         raise fail(f"--preset: unknown base {preset!r}; expected one of {', '.join(PRESETS)}")
-    path = build_base(PRESETS[preset], results / "bases", log=err.print)
+    path = build_base(PRESETS[preset], log=err.print)
     out.print(str(path))
 
 
