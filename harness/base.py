@@ -101,7 +101,8 @@ def build_base(recipe: BaseRecipe, root: Path | None = None, on_step: Callable |
     """Build (or find cached) the base model under ROOT (default: the shared cache's bases/); returns its HF folder.
     Two processes asking at once build it once."""
     out = (root or cache_dir("bases")) / recipe.id
-    return build_once(out, lambda tmp: _pretrain(recipe, tmp, on_step, log), done=lambda p: (p / "config.json").exists())
+    return build_once(out, lambda tmp: _pretrain(recipe, tmp, on_step, log),
+                      done=lambda p: (p / "config.json").exists())
 
 
 def _pretrain(recipe: BaseRecipe, tmp: Path, on_step: Callable | None, log) -> None:

