@@ -1,4 +1,5 @@
-"""The `harness` command: thin typer wrappers over the plain functions of each stage.
+"""The `harness` command: thin typer wrappers over the plain functions of each stage (this module: matrix, data,
+base, tasks, models, eval, bench, sql, report, check; harness/cli/runs.py: show, runs, export).
 
 Heavy libraries (torch, transformers, lm-eval) are imported only by the commands that need them, so that planning,
 `harness sql` and a rerun of a finished matrix start in well under a second.
@@ -400,9 +401,9 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
         raise typer.Exit(1)
 
 
+from harness.cli import runs as _runs  # noqa: E402,F401  registers show, runs, export on `app`
+
+
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()
