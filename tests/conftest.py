@@ -15,7 +15,7 @@ CI_MATRIX = Path(__file__).parent / "matrices" / "ci.yaml"
 @pytest.fixture(scope="session")
 def micro_base() -> Path:
     """The micro base model, built once per test session (~5 s) into the session's shared cache."""
-    from harness.base import PRESETS, build_base
+    from harness.models.pretrain import PRESETS, build_base
 
     return build_base(PRESETS["micro"], log=lambda *a: None)
 

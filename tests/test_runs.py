@@ -50,7 +50,7 @@ def test_show_prints_config_scores_cost_and_commands(ci_run):
 @pytest.mark.slow
 def test_lm_eval_cli_reproduces_the_stored_scores_from_another_directory(ci_run, tmp_path):
     """The commands `harness show` prints, run as they are by a shell in an unrelated folder."""
-    from harness import export
+    from harness.store import export
 
     results, _ = ci_run
     db = results / "harness.duckdb"

@@ -21,7 +21,7 @@ def runs_cmd(matrix: Optional[str] = typer.Option(None, help="Only runs of this 
              limit: int = typer.Option(50, help="At most this many runs, newest first."),
              results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """List the runs in the database (newest first) with their learn and forget scores."""
-    from harness import export
+    from harness.store import export
 
     path = _db(db, results)
     if not path.exists():
@@ -38,7 +38,7 @@ def show_cmd(run_id: str = typer.Argument(..., help="A run id (or a unique prefi
     reproduce its stored learn and forget scores."""
     import yaml
 
-    from harness import export
+    from harness.store import export
 
     path = _db(db, results)
     try:
@@ -86,7 +86,7 @@ def export_cmd(directory: Path = typer.Argument(..., help="Folder to write into.
                results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Write the results database in formats other tools open: Parquet (pandas, polars, Spark, DuckDB) or lm-eval's
     results JSON (tools that read lm-eval output)."""
-    from harness import export
+    from harness.store import export
 
     path = _db(db, results)
     if not path.exists():

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import harness
-from harness import world
+from harness.core.ids import stable_hash
+from harness.data import world
 
 if TYPE_CHECKING:
     from harness.spec import Matrix
@@ -120,7 +121,7 @@ def _code(obj) -> str:
     """A YAML `!function` in the fingerprint: its name and its module's source (not its memory address)."""
     if callable(obj):
         module = inspect.getmodule(obj)
-        return f"function {obj.__qualname__} {world.stable_hash(inspect.getsource(module)) if module else ''}"
+        return f"function {obj.__qualname__} {stable_hash(inspect.getsource(module)) if module else ''}"
     return str(obj)
 
 
@@ -138,13 +139,13 @@ def task_fingerprint(names: list[str], include: list[str] | tuple[str, ...] = ()
         loader = cfg.pop("custom_dataset", None)
         files = _data_files(cfg)
         try:
-            data = sorted(world.stable_hash((path.parent / p).read_bytes()) for p in files)
+            data = sorted(stable_hash((path.parent / p).read_bytes()) for p in files)
         except OSError as e:
             raise TaskNotFound(f"{path}: data file {e.filename}: {e.strerror}") from None
         if loader is not None and not files:  # data only its loader knows: its code stands for it
             data = [_code(loader)]
         parts.append((name, json.dumps(cfg, sort_keys=True, default=_code), data))
-    return f"{world.stable_hash(parts):016x}"
+    return f"{stable_hash(parts):016x}"
 
 
 def check_tasks(names: list[str], include: list[str] | tuple[str, ...] = ()) -> list[str]:
