@@ -43,6 +43,7 @@ def plan(m: Matrix) -> Plan:
             raise SpecError(f"models.{i}: {e}") from None
     m = resolve_tasks(m)
     recipes = data.resolve_recipes(m)
+    data.validate_sources(recipes)  # a bad row stops here, before any model is built
     cells, bases = expand(m, {k: r.fingerprint for k, r in refs.items()}, {k: r.id for k, r in recipes.items()},
                           task_fingerprint(m.eval.learn + m.eval.forget, m.eval.include))
     return Plan(m, cells, bases, recipes, refs)

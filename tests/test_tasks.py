@@ -113,3 +113,17 @@ def test_harness_eval_scores_a_foreign_task_by_path_and_by_include(tmp_path, mic
     assert f"(run {run_id})" in by_include.output  # the same evaluation: the same run
     unknown = runner.invoke(app, ["eval", str(micro_base), "--tasks", "my_add", *common])
     assert unknown.exit_code == 2 and "--tasks: unknown task 'my_add'" in unknown.output
+
+
+def test_a_bad_data_row_stops_matrix_plan_before_any_model_is_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n{"prompt": "e"}\n')
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text((MATRIX % "").replace("my_add, ", "").replace("models: [micro]", "models: [tiny]")
+                      .replace("{bulk: {source: pool}}", "{mine: {source: mine.jsonl}}"))
+    for command in ("plan", "run"):
+        res = CliRunner().invoke(app, ["matrix", command, str(matrix), "--results", str(tmp_path / "r")])
+        assert res.exit_code == 2 and f"{data}:3:" in res.output, res.output
+    assert not (tmp_path / "cache" / "bases").exists() or not any((tmp_path / "cache" / "bases").iterdir())
+    assert not (tmp_path / "r").exists()  # nothing written

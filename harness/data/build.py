@@ -366,6 +366,17 @@ def load_source(source: dict) -> tuple[list[dict], SourceReport]:
     return rows, report
 
 
+def validate_sources(recipes: dict[str, Recipe]) -> None:
+    """Read every user data source once (parse, schema, malformed rows named by file:line), so that a bad row stops
+    planning before any model is built; the skills pool is generated and has nothing to check."""
+    seen = set()
+    for r in recipes.values():
+        key = json.dumps(r.source, sort_keys=True)
+        if r.source["kind"] != "skills_pool" and key not in seen:
+            seen.add(key)
+            load_source(r.source)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building.
 
