@@ -24,6 +24,10 @@ from harness.models import offline_env  # light: no torch
 
 for _k, _v in offline_env().items():  # offline unless HARNESS_ONLINE=1
     os.environ.setdefault(_k, _v)
+# the libraries' own bars ("Loading weights", "Writing model shards", "Generating test split") would interleave
+# with the harness's progress lines; read at import, so set before any of them is imported (workers inherit it)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(help="Fine-tune language models under matched budgets and measure what they learn and forget.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

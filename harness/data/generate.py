@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harness import models
 from harness.core.ids import stable_hash
+from harness.core.progress import Progress
 
 
 @dataclass
@@ -94,6 +95,7 @@ def _cached_or_compute(journal: Journal, texts: list[str], batch_size: int, load
     meter.cached += len(set(keys)) - len(missing)
     if missing:
         load()
+    progress = Progress(journal.path.parent.name, len(missing), "prompts")  # generations, judge, reward
     for i in range(0, len(missing), batch_size):
         chunk = missing[i:i + batch_size]
         t0 = time.perf_counter()
@@ -102,6 +104,7 @@ def _cached_or_compute(journal: Journal, texts: list[str], batch_size: int, load
         journal.append([{"key": k, "value": v, "tokens": n, "seconds": share}
                         for (k, _), (v, n) in zip(chunk, values)])
         meter.computed += len(chunk)
+        progress.update(len(chunk))
     out = [journal.records[k] for k in keys]
     for rec in {k: journal.records[k] for k in keys}.values():  # each distinct prompt once
         meter.generated_tokens += rec["tokens"]
