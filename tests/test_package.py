@@ -1,8 +1,9 @@
 """The wheel: built from the source, installed into a fresh venv, it scores a built-in task from an unrelated folder.
 
 A fresh venv with every dependency costs ~60 s and ~2 GB; this one reuses the test interpreter's packages through a
-.pth file (`python -m venv --without-pip` + one line), and pip installs only the harness wheel into it (--no-deps; --force-reinstall, as the shared packages
-include the editable harness, which pip leaves alone: it is outside this venv).
+.pth file (`python -m venv --without-pip` + one line), and pip installs only the harness wheel into it (--no-deps;
+--force-reinstall, as the shared packages include the editable harness, which pip leaves alone: it is outside this
+venv).
 """
 
 import os

@@ -46,7 +46,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ResultsOpt = typer.Option(Path(os.environ.get("HARNESS_RESULTS", "results")), "--results",
                           help="Folder for runs, data sets and the database (env HARNESS_RESULTS); built bases and "
-                               "converted models live in the shared cache (env HARNESS_CACHE, default ~/.cache/harness).")
+                               "converted models live in the shared cache (env HARNESS_CACHE, default "
+                               "~/.cache/harness).")
 DbOpt = typer.Option(None, "--db", help="DuckDB file (env HARNESS_DB; default RESULTS/harness.duckdb).")
 IncludeOpt = typer.Option([], "--include", help="A folder of your own lm-eval task YAMLs (repeatable; lm-eval's "
                                                 "--include_path); task YAML paths work in task lists too.")

@@ -124,7 +124,8 @@ def _max_length(tokenizer_folder: str) -> int | None:
 
 def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
     """Task group -> a shell command running the plain lm-eval CLI on this run's weights and tasks, which reproduces
-    its stored scores (values; a bootstrapped stderr differs: lm-eval's CLI bootstraps 100,000 times, the harness 100)."""
+    its stored scores (values; a bootstrapped stderr differs: lm-eval's CLI bootstraps 100,000 times, the harness
+    100)."""
     from harness.eval.tasks import TASKS_DIR, local_task_path
 
     pretrained, adapter, tokenizer = _weights(run, results)
