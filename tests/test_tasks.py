@@ -127,3 +127,11 @@ def test_a_bad_data_row_stops_matrix_plan_before_any_model_is_built(tmp_path, mo
         assert res.exit_code == 2 and f"{data}:3:" in res.output, res.output
     assert not (tmp_path / "cache" / "bases").exists() or not any((tmp_path / "cache" / "bases").iterdir())
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_which_tasks_plain_lm_eval_reads_relative_to_the_working_directory(tmp_path):
+    from harness.eval.tasks import TASKS_DIR, reads_data_from_cwd
+
+    folder = write_tasks(tmp_path)
+    assert reads_data_from_cwd(folder / "my_add.yaml")  # `harness show` prints `cd` to its folder first
+    assert not reads_data_from_cwd(TASKS_DIR / "skills_arith.yaml")  # its loader resolves data_files itself

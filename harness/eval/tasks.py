@@ -105,6 +105,13 @@ def _absolute(files, folder: Path):
     return str((folder / files).resolve())
 
 
+def reads_data_from_cwd(path: Path) -> bool:
+    """Whether plain lm-eval would look for this YAML's data relative to the working directory (relative data_files
+    and no loader of its own): the lm_eval command for it must then run from the YAML's folder."""
+    cfg = _load_yaml(path, resolve_func=False)
+    return "custom_dataset" not in cfg and any(not Path(f).is_absolute() for f in _data_files(cfg))
+
+
 def task_config(name: str, include: list[str] | tuple[str, ...] = ()) -> dict | str:
     """A local task YAML as a config dict with data_files made absolute (relative to the task's YAML, which
     `datasets` would otherwise resolve against the CWD); a registry task name is passed through as the string."""

@@ -126,7 +126,7 @@ def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
     """Task group -> a shell command running the plain lm-eval CLI on this run's weights and tasks, which reproduces
     its stored scores (values; a bootstrapped stderr differs: lm-eval's CLI bootstraps 100,000 times, the harness
     100)."""
-    from harness.eval.tasks import TASKS_DIR, local_task_path
+    from harness.eval.tasks import TASKS_DIR, local_task_path, reads_data_from_cwd
 
     pretrained, adapter, tokenizer = _weights(run, results)
     env, ev = run["env"], run["config"]["eval"]
@@ -142,6 +142,7 @@ def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
             continue
         tasks = [n if local_task_path(n) == local_task_path(n, include) else str(local_task_path(n, include))
                  for n in names]  # built-in tasks by name, included ones by their YAML path
+        cwd = sorted({str(Path(t).parent) for t in tasks if t.endswith(".yaml") and reads_data_from_cwd(Path(t))})
         cmd = ["lm_eval", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(tasks),
                "--include_path", str(TASKS_DIR), "--device", env.get("device", "cpu"),
                "--batch_size", str(ev.get("batch_size", 32)), "--seed", "0"]
@@ -149,7 +150,11 @@ def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
             cmd += ["--limit", str(ev["limit"])]
         if chat:
             cmd.append("--apply_chat_template")
-        out[group] = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 " + shlex.join(cmd)
+        # lm-eval reads relative data_files from the working directory: run from the task's folder
+        cd = f"cd {shlex.quote(cwd[0])} && " if len(cwd) == 1 else ""
+        note = (f"  # data_files relative to {', '.join(cwd)}: name a loader (harness/tasks/jsonl_data.py) in "
+                f"those YAMLs" if len(cwd) > 1 else "")
+        out[group] = f"{cd}HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {shlex.join(cmd)}{note}"
     return out
 
 
