@@ -112,37 +112,14 @@ def _source_spec(name: str, m: Matrix, arm: str, skip_bad: bool = False) -> dict
             "defects": {**world.DEFAULT_DEFECTS, **spec.get("defects", {})}}
 
 
-# a scalar step value is the step's main parameter: {filter: verifier}, {diversity: 1000}, {distill: smollm2-135m}
-MAIN_PARAM = {"filter": "scorer", "random": "n", "balance": "n", "diversity": "n", "dedup": "method",
-              "distill": "teacher", "best_of_k": "policy"}
-
-
 def _step(raw, arm: str, i: int) -> tuple[str, dict]:
-    """'dedup' | {dedup: {...}} | {filter: verifier}; parameters are checked against the step's known keys, and a
-    model's fingerprint joins the parameters (a changed teacher gives a new data set id)."""
+    """A recipe step (curate.parse_step checks it); a model's fingerprint joins the parameters (a changed teacher
+    gives a new data set id)."""
     where = f"arms.{arm}.steps.{i}"
-    if isinstance(raw, str):
-        name, params = raw, {}
-    elif isinstance(raw, dict) and len(raw) == 1:
-        name, params = next(iter(raw.items()))
-    else:
-        raise SpecError(f"{where}: expected a step name or a one-key mapping, got {raw!r}")
-    if name not in curate.STEPS:
-        raise SpecError(f"{where}: unknown step {name!r}; expected one of {', '.join(curate.STEPS)}")
-    if params is None:
-        params = {}
-    elif not isinstance(params, dict):
-        if name not in MAIN_PARAM:
-            raise SpecError(f"{where}.{name}: expected a mapping of parameters, got {params!r}")
-        params = {MAIN_PARAM[name]: params}
-    unknown = sorted(set(params) - curate.STEP_KEYS[name])
-    if unknown:
-        raise SpecError(f"{where}.{name}.{unknown[0]}: unknown key; expected one of "
-                        f"{', '.join(sorted(curate.STEP_KEYS[name]))}")
-    scorer = params.get("scorer")
-    if scorer is not None and scorer not in curate.SCORERS:
-        raise SpecError(f"{where}.{name}.scorer: unknown scorer {scorer!r}; expected one of "
-                        f"{', '.join(curate.SCORERS)}")
+    try:
+        name, params = curate.parse_step(raw)
+    except curate.StepError as e:
+        raise SpecError(f"{'.'.join(map(str, (where, *e.path)))}: {e}") from None
     for key in curate.MODEL_KEYS:
         if key in params:
             try:
@@ -402,6 +379,8 @@ def build(recipes: dict[str, Recipe], results: Path, arms: list[str] | None = No
     """Build (or find cached) the data set of each arm; returns arm -> folder."""
     out: dict[str, Path] = {}
     sizes: dict[str, int] = {}
+    rows_of: dict[str, list[dict]] = {}  # arms whose rows another arm's step needs (random: {match: length})
+    needed = {p["like"] for r in recipes.values() for _, p in r.steps if p.get("match") == "length"}
     order: list[str] = []
 
     def visit(arm: str) -> None:  # arms that others refer to (random like: X) are built first
@@ -419,13 +398,15 @@ def build(recipes: dict[str, Recipe], results: Path, arms: list[str] | None = No
         if (final / "card.json").exists():
             out[arm] = final
             sizes[arm] = json.loads((final / "card.json").read_text())["n_examples"]
+            if arm in needed:
+                rows_of[arm] = load_rows(results, r.id)
             continue
         t0 = time.perf_counter()
         rows, report = load_source(r.source)
         n_source = len(rows)
         steps_card, decisions, total = [], [], generate.Meter()
         for i, (name, params) in enumerate(r.steps):
-            ctx = curate.Context(seed=r.seed, sizes=sizes, results=results)
+            ctx = curate.Context(seed=r.seed, sizes=sizes, arms=rows_of, results=results)
             t1 = time.perf_counter()
             res = curate.STEPS[name](rows, params, ctx)
             by_id = {x["id"]: x for x in rows}
@@ -456,6 +437,8 @@ def build(recipes: dict[str, Recipe], results: Path, arms: list[str] | None = No
         card["cost_usd"] = card["device_hours"] * cost.price_per_hour(cost.hardware(device, os.cpu_count() or 1))
         _write(r, final, body, card, decisions)
         out[arm], sizes[arm] = final, len(rows)
+        if arm in needed:
+            rows_of[arm] = rows
         log(f"data {arm}: {len(rows):,} examples ({' -> '.join(str(s['n_out']) for s in steps_card) or 'source'}) "
             f"in {card['build_seconds']:.1f}s")
     return out

@@ -197,16 +197,23 @@ class Scores:
 
 
 def arm_role(recipe: str | dict | None) -> str | None:
-    """What an arm is, from its data recipe: bulk (the source as is), random control (a random subset), curated."""
+    """What an arm is, from its data recipe: bulk (the source as is), one of the baselines a data-selection claim must
+    beat (random control: a random subset; length-matched random: one with a curated arm's response lengths;
+    longest: the longest responses), or curated (anything else)."""
     if recipe is None:
         return None
     steps = (json.loads(recipe) if isinstance(recipe, str) else recipe).get("steps") or []
     if not steps:
         return "bulk"
+    if any(s[0] == "longest" for s in steps):
+        return "longest"
+    if any(s[0] == "random" and s[1].get("match") == "length" for s in steps):
+        return "length-matched random"
     return "random control" if any(s[0] == "random" for s in steps) else "curated"
 
 
-ROLE_ORDER = {"curated": 0, "random control": 1, "bulk": 2}
+ROLE_ORDER = {"curated": 0, "random control": 1, "length-matched random": 2, "longest": 3, "bulk": 4}
+BASELINES = ("random control", "length-matched random", "longest")  # what a curated arm must beat
 
 
 def _latest(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:

@@ -91,4 +91,6 @@ def test_arm_role_from_recipe():
     assert stats.arm_role('{"steps": []}') == "bulk"
     assert stats.arm_role({"steps": [["random", {"like": "curated"}]]}) == "random control"
     assert stats.arm_role({"steps": [["filter", {}], ["dedup", {}]]}) == "curated"
+    assert stats.arm_role({"steps": [["random", {"like": "c", "match": "length"}]]}) == "length-matched random"
+    assert stats.arm_role({"steps": [["dedup", {}], ["longest", {"n": 5}]]}) == "longest"
     assert stats.arm_role(None) is None
