@@ -82,7 +82,8 @@ def main() -> None:
     ap.add_argument("--embed-only", action="store_true", help="time the embedder alone")
     args = ap.parse_args()
 
-    from harness import curate, data, embed, generate
+    from harness.data import build as data
+    from harness.data import curate, embed, generate
 
     tmp = Path(tempfile.mkdtemp(prefix="sharegpt-"))
     path = args.out or tmp / "sharegpt.jsonl"

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from harness import DATA_VERSION, __version__
-from harness.world import stable_hash
+from harness.core.ids import stable_hash
 
 PRESETS_DIR = Path(__file__).resolve().parent / "matrices"  # built-in matrices, named by file stem
 DEMO_MATRIX = PRESETS_DIR / "demo.yaml"
@@ -244,7 +244,7 @@ def _expand_sizes(arms: dict, ctx: _Ctx) -> dict:
 
 def _check_steps(m: Matrix, ctx: _Ctx) -> None:
     """Every curation step's name, keys and data-free values, and the arms `like` names, with file and line."""
-    from harness import curate  # lazy: a bare parse needs no curation code until a matrix has steps
+    from harness.data import curate  # lazy: a bare parse needs no curation code until a matrix has steps
 
     for arm, a in m.arms.items():
         for i, raw in enumerate(a.steps):

