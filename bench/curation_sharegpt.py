@@ -6,7 +6,8 @@ There is no ShareGPT offline, so the conversations are made here from CPython's 
 and stdlib docstrings) with ShareGPT's shape: `messages` JSONL, 1-4 exchanges, user turns of tens of words,
 assistant turns of ~100-600 words (log-normal, median ~250), and ~8% exact duplicate conversations (scraped chat
 sets repeat). It writes the JSONL, runs the recipe's steps as `harness data build` does (nothing cached), and
-prints one JSON line: the curation time per step, the texts embedded and the embedding rate (texts/s). Run it
+prints one JSON line: the curation time per step (wall, and the process's CPU seconds over all its threads, which a
+busy machine inflates far less than wall time), the texts embedded and the embedding rate (texts/s). Run it
 with PYTHONPATH pointing at an older checkout to time the code before a change.
 `--embed-only` times the embedder alone over the texts diversity embeds (the prompts) and over prompt + response.
 """
@@ -97,23 +98,24 @@ def main() -> None:
                              ("both", [r["prompt"] + "\n" + r["response"] for r in rows])):
             texts = list(dict.fromkeys(texts))
             embed.embed(texts[:8], "minilm", None, generate.Meter())  # load the model once, outside the timing
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             embed.embed(texts, "minilm", None, generate.Meter())
-            s = time.perf_counter() - t0
+            s, c = time.perf_counter() - t0, time.process_time() - c0
             shape[f"{label}_texts"], shape[f"{label}_texts_per_s"] = len(texts), round(len(texts) / s, 1)
+            shape[f"{label}_texts_per_cpu_s"] = round(len(texts) / c, 1)
         print(json.dumps(shape))
         return
     recipe = {"source": str(path), "steps": [["dedup", {}], ["filter", {"scorer": "heuristic"}],
                                               ["diversity", {"n": args.n}]]}
     ctx = curate.Context(seed=0, sizes={}, results=None)  # nothing cached: every embedding is computed
     t, n = {}, [len(rows)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for name, params in recipe["steps"]:
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         rows = curate.STEPS[name](rows, params, ctx).kept
-        t[f"{name}_s"] = round(time.perf_counter() - t1, 1)
+        t[f"{name}_s"], t[f"{name}_cpu_s"] = round(time.perf_counter() - t1, 1), round(time.process_time() - c1, 1)
         n.append(len(rows))
-    t["total_s"] = round(time.perf_counter() - t0, 1)
+    t["total_s"], t["total_cpu_s"] = round(time.perf_counter() - t0, 1), round(time.process_time() - c0, 1)
     print(json.dumps({**shape, "counts": n, **t, "embed_s": round(ctx.meter.compute_seconds, 1),
                       "embedded": n[2], "embed_texts_per_s": round(n[2] / max(ctx.meter.compute_seconds, 1e-9), 1)}))
 

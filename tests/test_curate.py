@@ -113,6 +113,20 @@ def test_embedding_cache_and_truncation(tmp_path):
     assert embed.truncate("short text", 256) == "short text"
 
 
+def test_progress_lines_show_rate_and_time_left(capsys):
+    from harness.core.progress import progress
+
+    with progress("embedding", total=100, unit="texts", every=0) as advance:
+        advance(40)
+        advance(60)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("embedding: 40/100 texts, ") and "texts/s" in lines[0] and "left" in lines[0]
+    assert lines[-1].startswith("embedding: 100/100 texts") and "left" not in lines[-1]
+    with progress("tiny", total=3, every=0) as advance:  # too small to show
+        advance(3)
+    assert capsys.readouterr().err == ""
+
+
 def test_embedding_near_duplicates_across_blocks():
     import numpy as np
 
@@ -360,7 +374,8 @@ def test_quality_vs_quantity_preset_resolves():
 
     path = PRESETS_DIR / "quality-vs-quantity.yaml"
     p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
-    assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
+    assert len(p.recipes) == 14 and len(p.cells) == 14 * 2 * 3
+    assert p.recipes["length-like-filter"].steps[0][1]["like_dataset"] == p.recipes["filter"].id
     assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id
     assert p.recipes["best-of-k"].steps[2][1]["shots"][0] == ["What is 7 + 5?", "12"]
 
