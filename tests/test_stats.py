@@ -123,3 +123,8 @@ def test_baseline_verdicts_pick_the_matched_baseline_of_each_curated_arm():
                    ("cur", "longest"): ("long", True),
                    ("cur2", "random control"): ("rand-4k", True), ("cur2", "longest"): ("long", True)}
     # cur2 has no length-matched control: none made for it, and len-cur is cur's
+    from harness.analysis import report
+
+    rows = {(r["what"], r["baseline"]): r["verdict"] for r in report.baseline_rows(runs, cmp)}
+    assert rows[("m full: cur", "length-matched random (len-cur)")] == "does not beat it"
+    assert rows[("m full: cur", "longest (long)")] == "beats it" and len(rows) == 5
