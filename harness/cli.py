@@ -352,7 +352,7 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
               candidate: str = typer.Option("latest", "--candidate", help="A run id, a matrix name, or latest (the "
                                             "most recently run matrix)."),
               policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (default: "
-                                                    "harness/analysis/check_policy.yaml)."),
+                                                    "harness/analysis/check/policy.yaml)."),
               export_baseline: Optional[Path] = typer.Option(None, "--export-baseline",
                                                              help="Write the candidate as a baseline JSON file."),
               save_baseline: Optional[str] = typer.Option(None, "--save-baseline", help="Store the candidate as a "

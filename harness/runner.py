@@ -21,7 +21,7 @@ from pathlib import Path
 from harness import __version__, models, store
 from harness.data.build import build
 from harness.data.cards import short_params
-from harness.data.recipe import resolve_recipes
+from harness.data.recipe import Recipe, resolve_recipes
 from harness.eval.tasks import check_tasks, task_fingerprint
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
@@ -31,7 +31,7 @@ class Plan:
     matrix: Matrix
     cells: list[Cell]
     bases: list[BaseEval]
-    recipes: dict[str, data.Recipe]
+    recipes: dict[str, Recipe]
     refs: dict[str, models.ModelRef]
 
 
