@@ -83,13 +83,13 @@ def main() -> None:
     ap.add_argument("--embed-only", action="store_true", help="time the embedder alone")
     args = ap.parse_args()
 
-    from harness.data import build as data
+    from harness.data import sources
     from harness.data import curate, embed, generate
 
     tmp = Path(tempfile.mkdtemp(prefix="sharegpt-"))
     path = args.out or tmp / "sharegpt.jsonl"
     path.write_text("".join(json.dumps(c) + "\n" for c in conversations(args.rows)))
-    rows = data.read_jsonl(path)
+    rows = sources.read_jsonl(path)
     words = sorted(len((r["prompt"] + " " + r["response"]).split()) for r in rows)
     shape = {"rows": len(rows), "file": str(path), "words_median": words[len(words) // 2],
              "words_p90": words[int(len(words) * 0.9)]}
