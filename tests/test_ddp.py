@@ -59,30 +59,35 @@ def test_step_batches_split_the_global_batch_between_ranks_and_micro_batches(mic
     assert ranks[1][1][0].n_label_tokens == 0 and ranks[1][1][0].n_tokens == 0  # rank 1 still takes part
 
 
-def _cell(results, devices: int, steps: int = 10) -> dict:
-    """A worker's view of one full fine-tuning cell of the micro base, on a small data set in `results`."""
-    rows = world.generate_pool(size=48, seed=5, defects={k: 0.0 for k in world.DEFAULT_DEFECTS})
+def _cell(results, devices: int, grad_accum: int = 1, steps: int = 10) -> dict:
+    """A worker's view of one full fine-tuning cell of the micro base, on a small data set in `results`: 41 rows in
+    batches of 8, so each epoch ends with a batch of 1 (a process with no example in that step)."""
+    rows = world.generate_pool(size=41, seed=5, defects={k: 0.0 for k in world.DEFAULT_DEFECTS})
     (results / "data" / "d0").mkdir(parents=True, exist_ok=True)
     (results / "data" / "d0" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train = {"batch_size": 8, "max_length": 64, "schedule": "cosine", "warmup": 0.1, "weight_decay": 0.0,
+    train = {"batch_size": 8, "max_length": 128, "schedule": "cosine", "warmup": 0.1, "weight_decay": 0.0,
              "grad_clip": 1.0, "precision": "fp32", "attention": "eager", "packing": False,
-             "gradient_checkpointing": False, "grad_accum": 1, "devices": devices}
+             "gradient_checkpointing": False, "grad_accum": grad_accum, "devices": devices}
     return {"results": results, "model": "micro", "model_fingerprint": "micro", "dataset_id": "d0", "seed": 0,
             "budget": {"steps": steps}, "train": train, "method_cfg": {"kind": "full"}}
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_as_one(results, micro_model):
-    """A real torchrun with 2 gloo processes (DDP) against one process, same global batch of 8, 10 fp32 steps: the
-    same loss curve (|diff| < 1e-4) and the same trained weights, read back into the worker's model."""
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_gloo_processes_train_as_one(results, micro_model, grad_accum):
+    """A real torchrun with 2 gloo processes (DDP; each accumulating `grad_accum` micro-batches) against one process,
+    same global batch of 8, 10 fp32 steps: the same loss curve (|diff| < 1e-4) and the same trained weights, read back
+    into the worker's model."""
     model, tok = micro_model
+    assert 1 in map(len, batch_order([1] * 41, 8, seed=0, steps=10))  # a step that leaves one process empty
     seen = []
     one, ref, _ = train_cell(copy.deepcopy(model), tok, _cell(results, 1), 1e-2, "cpu", None, lambda r, t: None)
-    two, curve, counts = train_cell(copy.deepcopy(model), tok, _cell(results, 2), 1e-2, "cpu", None,
+    two, curve, counts = train_cell(copy.deepcopy(model), tok, _cell(results, 2, grad_accum), 1e-2, "cpu", None,
                                     lambda r, t: seen.append(r.step))
     a, b = [r.loss for r in ref], [r.loss for r in curve]
     diff = max(abs(x - y) for x, y in zip(a, b))
-    print(f"1 process:   {[round(x, 6) for x in a]}\n2 processes: {[round(x, 6) for x in b]}\nmax |diff| {diff:.2e}")
+    print(f"\n1 process:   {[round(x, 6) for x in a]}\n2 processes x {grad_accum} micro-batches: "
+          f"{[round(x, 6) for x in b]}\nmax |diff| {diff:.2e}")
     assert len(a) == len(b) == 10 and diff < 1e-4
     assert [r.tokens for r in ref] == [r.tokens for r in curve]  # the same global batches
     assert seen == list(range(10)) and counts["steps"] == 10  # progress came through from rank 0
