@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, data, models, store
-from harness.evaluate import check_tasks, task_fingerprint
+from harness import __version__, models, store
+from harness.data import build as data
+from harness.eval.tasks import check_tasks, task_fingerprint
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from harness import DATA_VERSION, __version__
-from harness.world import stable_hash
+from harness.core.ids import stable_hash
 
 PRESETS_DIR = Path(__file__).resolve().parent / "matrices"  # built-in matrices, named by file stem
 DEMO_MATRIX = PRESETS_DIR / "demo.yaml"

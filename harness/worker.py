@@ -92,8 +92,8 @@ _ENCODED: dict[tuple, tuple[list, list]] = {}
 def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tokenizer) -> tuple[list, list]:
     """A data set's rows and their token ids, kept for the worker's next cells (other methods and seeds of the same
     arm and model reuse them; the chat template is rendered twice per example, which adds up for 8,000 rows)."""
-    from harness import data
-    from harness.train import encode_example
+    from harness.data import build as data
+    from harness.train.sft import encode_example
 
     key = (str(results), dataset_id, model_fp, max_length)
     if key not in _ENCODED:
@@ -106,15 +106,15 @@ def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tok
 
 def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step) -> tuple[object, list, dict]:
     """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts.
-    With train.devices > 1 the training runs in that many processes (harness.ddp), each of which runs this function."""
+    With train.devices > 1 the training runs in that many processes (harness.train.ddp), each running this function."""
     import torch.distributed as dist
 
-    from harness import cost
-    from harness.train import batch_order, optimize, step_batches
+    from harness.train import cost
+    from harness.train.sft import batch_order, optimize, step_batches
 
     tr = cfg["train"]
     if tr["devices"] > 1 and not dist.is_initialized():
-        from harness import ddp
+        from harness.train import ddp
 
         return ddp.train(model, tokenizer, cfg, lr, device, autocast, on_step)
     t0 = time.perf_counter()
@@ -148,7 +148,8 @@ def save_weights(model, tokenizer, cfg: dict, ref, tmp: Path, final: Path) -> tu
     """Keep the trained weights with the cell: a PEFT adapter, or an HF safetensors folder; LoRA is then merged."""
     import torch
 
-    from harness import cost, models
+    from harness import models
+    from harness.train import cost
 
     out = {}
     lora = cfg["method_cfg"]["kind"] == "lora"
@@ -169,9 +170,10 @@ def run_job(job: dict, results: Path, emit) -> dict:
     import pyarrow as pa
     import torch
 
-    from harness import cost, models
-    from harness.evaluate import evaluate
-    from harness.train import attention_for, autocast_dtype
+    from harness import models
+    from harness.train import cost
+    from harness.eval.tasks import evaluate
+    from harness.train.sft import attention_for, autocast_dtype
 
     run_id, cfg = job["id"], {**job["config"], "results": results}
     parent = os.getppid()
@@ -267,7 +269,7 @@ def main() -> None:
     import lm_eval.evaluator  # noqa: F401  the heavy imports, once per worker, before it says it is ready
     import peft  # noqa: F401
 
-    import harness.evaluate  # noqa: F401
+    import harness.eval.tasks  # noqa: F401
     emit({"event": "ready"})
     for line in sys.stdin:
         job = json.loads(line)

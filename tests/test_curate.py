@@ -5,7 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from harness import curate, data, generate, store
+from harness import store
+from harness.data import build as data
+from harness.data import curate, generate
 from harness.cli import app
 from harness.spec import SpecError, parse_matrix
 
@@ -327,11 +329,10 @@ def test_data_build_and_show_through_the_cli(tmp_path):
 
 def test_quality_vs_quantity_preset_resolves():
     """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
-    from pathlib import Path
-
     from harness.runner import plan
+    from harness.spec import PRESETS_DIR
 
-    path = Path(data.__file__).parent / "matrices" / "quality-vs-quantity.yaml"
+    path = PRESETS_DIR / "quality-vs-quantity.yaml"
     p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
     assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
     assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id

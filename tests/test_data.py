@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from harness import curate, data, world
+from harness.data import build as data
+from harness.data import curate, world
 from harness.spec import SpecError, parse_matrix
 
 CTX = curate.Context(seed=0, sizes={})

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import world
+from harness.data import world
 from harness.cli import app
-from harness.train import batch_order, collate, encode_example, optimize, step_batches
+from harness.train.sft import batch_order, collate, encode_example, optimize, step_batches
 from harness.worker import train_cell
 
 

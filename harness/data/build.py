@@ -34,8 +34,10 @@ from pathlib import Path
 
 import yaml
 
-from harness import cost, curate, generate, models, world
+from harness import models
+from harness.data import curate, generate, world
 from harness.spec import Arm, Matrix, SpecError, content_id, resolve_paths
+from harness.train import cost
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One cell trained data-parallel on several devices of one node (`train.devices: N`).
 
 The cell's worker calls `train`, which runs `python -m torch.distributed.run --standalone --nproc_per_node N -m
-harness.ddp JOB` (a rendezvous on loopback). Each of the N processes (`main`) loads the model and runs the worker's own
+harness.train.ddp JOB` (a rendezvous on loopback). Each of the N processes (`main`) loads the model and runs the worker's own
 train_cell: the same batch order and the same loop (train.optimize), which sees torch.distributed and trains its share
 of every step as DistributedDataParallel. Rank 0 writes the trained parameters (all weights, or the LoRA adapter's) and
 the loss curve to a folder; `train` loads them into the worker's model, which is then saved and evaluated as usual.
@@ -25,7 +25,7 @@ def train(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step
     import torch
     from safetensors.torch import load_file
 
-    from harness.train import StepRecord
+    from harness.train.sft import StepRecord
     from harness.worker import prepare_method
 
     n = cfg["train"]["devices"]
@@ -42,7 +42,7 @@ def train(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step
         (folder / "job.json").write_text(json.dumps(job, default=str))
         model.to("cpu")  # the worker's copy waits off the GPU that rank 0 trains on
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
-               str(n), "-m", "harness.ddp", str(folder / "job.json")]
+               str(n), "-m", "harness.train.ddp", str(folder / "job.json")]
         # the ranks import the same harness as this process, installed or not
         here = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
@@ -82,7 +82,7 @@ def main(job_path: str) -> None:
     from harness.worker import train_cell  # first: importing the worker sets the offline environment
 
     from harness import models
-    from harness.train import attention_for, autocast_dtype
+    from harness.train.sft import attention_for, autocast_dtype
 
     job = json.loads(Path(job_path).read_text())
     cfg, out = {**job["cfg"], "results": Path(job["cfg"]["results"])}, Path(job["out"])

@@ -1,6 +1,6 @@
 """`harness check`: a statistical regression gate between a baseline and a candidate, for CI.
 
-Both sides are sets of finished runs with their per-example scores (harness/stats.py's Scores): the baseline from a
+Both sides are sets of finished runs with their per-example scores (harness/analysis/stats.py's Scores): the baseline from a
 JSON file written by `harness check --export-baseline`, a baseline saved in the database, a matrix or a run id; the
 candidate from the database. A cell is (model, method, arm) over its seeds; the base model is the cell model/base.
 For every cell in both and every metric (learn, forget and each task's primary metric) the check computes the change
@@ -26,9 +26,10 @@ from typing import Callable, Literal, NoReturn
 import numpy as np
 import pandas as pd
 
-from harness import __version__, stats, store
+from harness import __version__, store
+from harness.analysis import stats
 from harness.spec import SpecError, convert, read_yaml
-from harness.world import stable_hash
+from harness.core.ids import stable_hash
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "check_policy.yaml"
 FORMAT = "harness-check-baseline/1"
@@ -39,7 +40,7 @@ class CheckError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The policy (harness/check_policy.yaml documents every key; these defaults must equal that file's values).
+# The policy (harness/analysis/check_policy.yaml documents every key; these defaults must equal that file's values).
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ Fail = Callable[[tuple, str], NoReturn]
 
 
 def load_policy(path: Path | None) -> tuple[Policy, Fail]:
-    """The policy file (default: harness/check_policy.yaml) and a function that fails naming its file:line:key,
+    """The policy file (default: harness/analysis/check_policy.yaml) and a function that fails naming its file:line:key,
     for names that can only be checked against the runs (gate metrics, cells)."""
     path = Path(path or DEFAULT_POLICY)
     if not path.is_file():
