@@ -35,17 +35,18 @@ def train(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step
     runs.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=".ddp.tmp-", dir=runs))  # `.*.tmp-*`: a crash's leftover is swept
     try:
+        # on a CPU the N processes share its cores
+        threads = torch.get_num_threads() if device.startswith("cuda") else max(1, torch.get_num_threads() // n)
         job = {"cfg": {**cfg, "results": str(cfg["results"])}, "lr": lr, "parent": os.getpid(), "out": str(folder),
-               # on a CPU the N processes share its cores
-               "threads": torch.get_num_threads() if device.startswith("cuda") else
-               max(1, torch.get_num_threads() // n)}
+               "threads": threads}
         (folder / "job.json").write_text(json.dumps(job, default=str))
         model.to("cpu")  # the worker's copy waits off the GPU that rank 0 trains on
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
                str(n), "-m", "harness.train.ddp", str(folder / "job.json")]
         # the ranks import the same harness as this process, installed or not
         here = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": str(threads)}  # set: torchrun would set 1 and say so in the log
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         try:
             for line in proc.stdout:  # rank 0's steps as JSON lines; anything else goes to the log
