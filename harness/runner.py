@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import __version__, models, store
-from harness.data import build as data
+from harness.data.build import build
+from harness.data.cards import short_params
+from harness.data.recipe import Recipe, resolve_recipes
 from harness.eval.tasks import check_tasks, task_fingerprint
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
@@ -29,7 +31,7 @@ class Plan:
     matrix: Matrix
     cells: list[Cell]
     bases: list[BaseEval]
-    recipes: dict[str, data.Recipe]
+    recipes: dict[str, Recipe]
     refs: dict[str, models.ModelRef]
 
 
@@ -46,7 +48,7 @@ def plan(m: Matrix) -> Plan:
         group = "learn" if missing[0] in m.eval.learn else "forget"
         raise SpecError(f"eval.{group}: unknown task {missing[0]!r}; expected a tasks/*.yaml name or an lm-eval "
                         f"registry task")
-    recipes = data.resolve_recipes(m)
+    recipes = resolve_recipes(m)
     cells, bases = expand(m, {k: r.fingerprint for k, r in refs.items()}, {k: r.id for k, r in recipes.items()},
                           task_fingerprint(m.eval.learn + m.eval.forget))
     return Plan(m, cells, bases, recipes, refs)
@@ -165,7 +167,7 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
     stats.compute_seconds += time.perf_counter() - t  # pretraining a base is compute (nothing when cached)
     t = time.perf_counter()
     arms = sorted({c.arm for c in p.cells if c.id in todo})
-    built = data.build(p.recipes, results, arms, log=console.print) if arms else {}
+    built = build(p.recipes, results, arms, log=console.print) if arms else {}
     with store.writer(db) as con:
         for folder in built.values():
             store.ingest_dataset(con, folder)
@@ -274,7 +276,7 @@ def recipe_lines(p: Plan) -> list[str]:
     out = []
     for arm, r in p.recipes.items():
         src = r.source["kind"] + (f" ({r.source['size']:,} examples)" if "size" in r.source else f" {r.source.get('path')}")
-        steps = " -> ".join(n + (f"({data.short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
+        steps = " -> ".join(n + (f"({short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
         out.append(f"{arm}: {src} -> {steps}   [data set {r.id}]")
     return out
 

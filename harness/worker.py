@@ -92,12 +92,12 @@ _ENCODED: dict[tuple, tuple[list, list]] = {}
 def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tokenizer) -> tuple[list, list]:
     """A data set's rows and their token ids, kept for the worker's next cells (other methods and seeds of the same
     arm and model reuse them; the chat template is rendered twice per example, which adds up for 8,000 rows)."""
-    from harness.data import build as data
+    from harness.data.build import load_rows
     from harness.train.sft import encode_example
 
     key = (str(results), dataset_id, model_fp, max_length)
     if key not in _ENCODED:
-        rows = data.load_rows(results, dataset_id)
+        rows = load_rows(results, dataset_id)
         if len(_ENCODED) >= 4:  # a few data sets (a matrix's arms), bounded memory
             _ENCODED.pop(next(iter(_ENCODED)))
         _ENCODED[key] = rows, [encode_example(tokenizer, r["prompt"], r["response"], max_length) for r in rows]
