@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import __version__, models, store
-from harness.data import build as data
+from harness.data.build import build
+from harness.data.cards import short_params
+from harness.data.recipe import Recipe, resolve_recipes
+from harness.data.sources import validate_sources
 from harness.eval.tasks import resolve_tasks, task_fingerprint
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
@@ -29,7 +32,7 @@ class Plan:
     matrix: Matrix
     cells: list[Cell]
     bases: list[BaseEval]
-    recipes: dict[str, data.Recipe]
+    recipes: dict[str, Recipe]
     refs: dict[str, models.ModelRef]
 
 
@@ -42,8 +45,8 @@ def plan(m: Matrix) -> Plan:
         except models.ModelError as e:
             raise SpecError(f"models.{i}: {e}") from None
     m = resolve_tasks(m)
-    recipes = data.resolve_recipes(m)
-    data.validate_sources(recipes)  # a bad row stops here, before any model is built
+    recipes = resolve_recipes(m)
+    validate_sources([r.source for r in recipes.values()])  # a bad row stops here, before any model is built
     cells, bases = expand(m, {k: r.fingerprint for k, r in refs.items()}, {k: r.id for k, r in recipes.items()},
                           task_fingerprint(m.eval.learn + m.eval.forget, m.eval.include))
     return Plan(m, cells, bases, recipes, refs)
@@ -162,7 +165,7 @@ def execute(p: Plan, results: Path, db: Path, force: bool = False, workers: int 
     stats.compute_seconds += time.perf_counter() - t  # pretraining a base is compute (nothing when cached)
     t = time.perf_counter()
     arms = sorted({c.arm for c in p.cells if c.id in todo})
-    built = data.build(p.recipes, results, arms, log=console.print) if arms else {}
+    built = build(p.recipes, results, arms, log=console.print) if arms else {}
     with store.writer(db) as con:
         for folder in built.values():
             store.ingest_dataset(con, folder)
@@ -271,7 +274,7 @@ def recipe_lines(p: Plan) -> list[str]:
     out = []
     for arm, r in p.recipes.items():
         src = r.source["kind"] + (f" ({r.source['size']:,} examples)" if "size" in r.source else f" {r.source.get('path')}")
-        steps = " -> ".join(n + (f"({data.short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
+        steps = " -> ".join(n + (f"({short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
         out.append(f"{arm}: {src} -> {steps}   [data set {r.id}]")
     return out
 

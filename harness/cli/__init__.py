@@ -176,11 +176,12 @@ def data_build(recipe: Path = typer.Argument(..., help="Recipe YAML ({source, st
                results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Build one data set (cached by content under RESULTS/data/<id>/), record its provenance, print its card."""
     from harness import store
-    from harness.data import build as data
+    from harness.data.build import build
+    from harness.data.recipe import load_recipe
 
     try:
-        recipes, arm = data.load_recipe(recipe, arm, skip_bad)
-        built = data.build(recipes, results, [arm], log=err.print)
+        recipes, arm = load_recipe(recipe, arm, skip_bad)
+        built = build(recipes, results, [arm], log=err.print)
     except _input_errors() as e:
         raise fail(str(e)) from None
     with store.writer(_db(db, results)) as con:
@@ -194,17 +195,17 @@ def data_show(dataset_id: str = typer.Argument(..., help="A data set id (or a un
               examples: int = typer.Option(3, "--examples", help="Kept and dropped examples to print (per step)."),
               results: Path = ResultsOpt) -> None:
     """Print a data set's card: counts and score distributions per step, a few kept and dropped examples."""
-    from harness.data import build as data
+    from harness.data.build import find
 
     try:
-        folder = data.find(results, dataset_id)
+        folder = find(results, dataset_id)
     except _input_errors() as e:
         raise fail(str(e)) from None
     _print_card(folder, examples)
 
 
 def _print_card(folder: Path, examples: int = 3) -> None:
-    from harness.data.build import card_summary
+    from harness.data.cards import card_summary
 
     c = card_summary(folder, examples)
     for line in c["header"]:
@@ -360,7 +361,7 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
               candidate: str = typer.Option("latest", "--candidate", help="A run id, a matrix name, or latest (the "
                                             "most recently run matrix)."),
               policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (default: "
-                                                    "harness/analysis/check_policy.yaml)."),
+                                                    "harness/analysis/check/policy.yaml)."),
               export_baseline: Optional[Path] = typer.Option(None, "--export-baseline",
                                                              help="Write the candidate as a baseline JSON file."),
               save_baseline: Optional[str] = typer.Option(None, "--save-baseline", help="Store the candidate as a "

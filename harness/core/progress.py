@@ -1,38 +1,68 @@
-"""Progress lines for long steps (pretraining a base, sampling, distillation, scoring): one line every ~10 s on
-stderr with what is done, the rate and the time left, so a step of minutes never looks hung, in a terminal or in a
-CI log alike. Steps that end within the first interval print nothing."""
+"""Progress of a long loop over items (embedding, sampling, distilling): done/total, items/s and the time left.
+
+    with progress("embedding minilm", total=len(texts), unit="texts") as advance:
+        for batch in batches:
+            ...
+            advance(len(batch))
+
+On a terminal a rich bar on stderr; elsewhere (CI logs, files) one plain line every `every` seconds and one at the
+end, so a log shows that a 3-minute step is moving without a line per batch. Totals under `min_total` show nothing.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def _eta(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-class Progress:
-    def __init__(self, label: str, total: int, unit: str = "rows", log: Callable[[str], None] | None = None,
-                 every_s: float = 10.0):
-        self.label, self.total, self.unit, self.log, self.every_s = label, total, unit, log or _stderr, every_s
-        self.done = 0
-        self.t0 = self.last = time.perf_counter()
-        self.first: tuple[float, int] | None = None  # (time, done) at the first update: the pace is taken from
-        # there on, as a first step's one-off costs (allocation, warm-up) would otherwise inflate the ETA
+@contextlib.contextmanager
+def progress(label: str, total: int, unit: str = "rows", every: float = 10.0,
+             min_total: int = 64) -> Iterator[Callable[[int], None]]:
+    """Yields `advance(n)`; the display ends when the block does."""
+    if total < min_total:
+        yield lambda n: None
+        return
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
 
-    def update(self, n: int = 1, extra: str = "") -> None:
-        """`n` more done; prints when ~every_s seconds passed since the last line (and never for the last item)."""
-        self.done += n
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = (now, self.done)
-        if now - self.last < self.every_s or self.done >= self.total:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        t1, d1 = self.first
-        rate = (self.done - d1) / (now - t1) if self.done > d1 and now > t1 else self.done / elapsed
-        self.log(f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({rate:.3g}/s){extra}, {elapsed:.0f}s, "
-                 f"ETA {(self.total - self.done) / rate:.0f}s")
+        cols = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+        t0 = time.perf_counter()
+        with Progress(*cols, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(label, total=total, rate="")
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                done = bar.tasks[0].completed
+                bar.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.1f} {unit}/s")
+
+            yield advance
+        return
+    t0 = last = time.perf_counter()
+    done = 0
+
+    def line() -> str:
+        s = time.perf_counter() - t0
+        rate = done / s if s > 0 else 0.0
+        left = f", {_eta((total - done) / rate)} left" if rate and done < total else ""
+        return f"{label}: {done:,}/{total:,} {unit}, {rate:,.1f} {unit}/s{left} ({_eta(s)})"
+
+    def advance(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if time.perf_counter() - last >= every:
+            last = time.perf_counter()
+            print(line(), file=sys.stderr, flush=True)
+
+    yield advance
+    if time.perf_counter() - t0 >= every:  # a quick loop says nothing
+        print(line(), file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from typing import Callable
 from harness import DATA_VERSION
 from harness.core.cache import build_once, cache_dir
 from harness.core.ids import stable_hash
-from harness.core.progress import Progress
+from harness.core.progress import progress
 from harness.data.world import pretraining_texts, python_version_tag
 
 # The template the tiny model is fine-tuned and evaluated with; also the fallback for models that ship none.
@@ -107,12 +107,6 @@ def build_base(recipe: BaseRecipe, root: Path | None = None, on_step: Callable |
                       done=lambda p: (p / "config.json").exists())
 
 
-def _log_steps(recipe: BaseRecipe, log) -> Callable:
-    """Step, loss and ETA every ~10 s: pretraining the tiny base takes 2-3 minutes."""
-    progress = Progress(f"base {recipe.id}", recipe.steps, "steps", log)
-    return lambda rec, total: progress.update(1, f", loss {rec.loss:.3f}")
-
-
 def _pretrain(recipe: BaseRecipe, tmp: Path, on_step: Callable | None, log) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -139,11 +133,12 @@ def _pretrain(recipe: BaseRecipe, tmp: Path, on_step: Callable | None, log) -> N
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     config._attn_implementation = "eager"  # the faster kernel on CPU at this size (see train.attention_for)
     model = LlamaForCausalLM(config)
-    curve = optimize(model, pretraining_batches(ids, recipe.seq_len, recipe.batch_size, recipe.seed),
-                     total_steps=recipe.steps, lr=recipe.lr, schedule="cosine", warmup=0.05,
-                     weight_decay=0.1, on_step=on_step or _log_steps(recipe, log),
-                     fused=False)  # the per-parameter AdamW the bases were first built with: a base id hashes its
-                                   # recipe, so its weights must not change under it
+    with progress(f"base {recipe.id}: pretraining", recipe.steps, unit="steps") as advance:  # 2-3 min for tiny
+        curve = optimize(model, pretraining_batches(ids, recipe.seq_len, recipe.batch_size, recipe.seed),
+                         total_steps=recipe.steps, lr=recipe.lr, schedule="cosine", warmup=0.05,
+                         weight_decay=0.1, on_step=on_step or (lambda rec, total: advance(1)),
+                         fused=False)  # the per-parameter AdamW the bases were first built with: a base id hashes its
+                                       # recipe, so its weights must not change under it
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
