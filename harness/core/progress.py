@@ -48,7 +48,7 @@ def progress(label: str, total: int, unit: str = "rows", every: float = 10.0,
             yield advance
         return
     t0 = last = time.perf_counter()
-    done = 0
+    done = shown = 0
 
     def line() -> str:
         s = time.perf_counter() - t0
@@ -57,12 +57,12 @@ def progress(label: str, total: int, unit: str = "rows", every: float = 10.0,
         return f"{label}: {done:,}/{total:,} {unit}, {rate:,.1f} {unit}/s{left} ({_eta(s)})"
 
     def advance(n: int) -> None:
-        nonlocal done, last
+        nonlocal done, last, shown
         done += n
         if time.perf_counter() - last >= every:
-            last = time.perf_counter()
+            last, shown = time.perf_counter(), done
             print(line(), file=sys.stderr, flush=True)
 
     yield advance
-    if time.perf_counter() - t0 >= every:  # a quick loop says nothing
+    if time.perf_counter() - t0 >= every and shown != done:  # a quick loop says nothing; the end is said once
         print(line(), file=sys.stderr, flush=True)
