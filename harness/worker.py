@@ -219,7 +219,7 @@ def run_job(job: dict, results: Path, emit) -> dict:
             emit({"event": "eval", "id": run_id})
             t2 = time.perf_counter()
             ev = cfg["eval"]
-            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], limit=ev["limit"],
+            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
                               batch_size=ev["batch_size"], device=device, autocast=dtype)
             row["eval_seconds"] = time.perf_counter() - t2
         peak = cost.peak_flops(row["env"].get("gpu"))
