@@ -224,7 +224,7 @@ def run_job(job: dict, results: Path, emit) -> dict:
             row["eval_seconds"] = time.perf_counter() - t2
         peak = cost.peak_flops(row["env"].get("gpu"))
         if peak and row.get("train_flops"):
-            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak)
+            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak * cfg["train"]["devices"])
         _write_parquet([{"step": r.step, "loss": r.loss, "lr": r.lr, "tokens": r.tokens,
                          "label_tokens": r.label_tokens, "seconds": r.seconds} for r in curve],
                        tmp / "train_steps.parquet",
