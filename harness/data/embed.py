@@ -4,9 +4,9 @@
 weights inside site-packages, so it loads offline (~4 s, once per process). Each text is cached by its hash under
 $HARNESS_CACHE/embeddings/ (a later call, from any step, arm or results folder, embeds only texts never seen), cut
 to the words the model can read before tokenizing, and embedded in length-sorted batches of a fixed word budget on
-every core, long texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece limit is ~11 GFLOP (6 layers x
-256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32 at best) embed at most ~25 such
-texts a second; the cache and the cut are what make a rerun or a long text cheap.
+every core, long texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece limit is ~11 GFLOP
+(6 layers x 256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32 at best) embed at
+most ~25 such texts a second; the cache and the cut are what make a rerun or a long text cheap.
 `tfidf`: the cheap fallback, no model: TF-IDF over character 2-4-grams reduced to 128 dims by a truncated SVD
 (latent semantic analysis), so both methods feed the same dense selection code. Not cached (it is fitted to the
 whole set of texts).
