@@ -368,12 +368,17 @@ ADDED_KEYS = {"train": {"grad_accum": 1, "devices": 1}}
 NOT_IN_ID = {"eval": {"include"}}
 
 
+def identity(config: dict) -> dict:
+    """A config as its id sees it: added keys at their default and NOT_IN_ID keys left out (also what `harness
+    check` compares, so a baseline written before a key existed matches a candidate that leaves it at its default)."""
+    return {k: {kk: vv for kk, vv in v.items()
+                if ADDED_KEYS.get(k, {}).get(kk, object()) != vv and kk not in NOT_IN_ID.get(k, ())}
+            if isinstance(v, dict) and (k in ADDED_KEYS or k in NOT_IN_ID) else v for k, v in config.items()}
+
+
 def content_id(payload: dict) -> str:
     """12 hex digits of a hash over the resolved config and the harness/data versions."""
-    payload = {k: {kk: vv for kk, vv in v.items()
-                   if ADDED_KEYS.get(k, {}).get(kk, object()) != vv and kk not in NOT_IN_ID.get(k, ())}
-               if isinstance(v, dict) and (k in ADDED_KEYS or k in NOT_IN_ID) else v for k, v in payload.items()}
-    blob = json.dumps(payload, sort_keys=True, default=str)
+    blob = json.dumps(identity(payload), sort_keys=True, default=str)
     return f"{stable_hash(blob, __version__, DATA_VERSION):016x}"[:12]
 
 

@@ -56,13 +56,18 @@ def test_prompt_tokens_receive_no_loss_gradient(micro_model):
     assert torch.all(grad_norm[supervised] > 0)
 
 
-GOLDEN = [8.012, 6.1258, 5.2977, 5.2387, 5.063]  # micro base, fp32, lr 1e-2; regenerate only on purpose
+GOLDEN = [5.9397, 5.9494, 5.4853, 4.8236, 4.9912]  # seeded micro-shaped Llama, fp32, lr 1e-2; regenerate only on purpose
 
 
 def test_golden_losses(micro_model):
-    """Five fp32 steps of full fine-tuning from the micro base reproduce the stored loss curve."""
-    model, tok = micro_model
-    model = copy.deepcopy(model)
+    """Five fp32 steps of full fine-tuning reproduce the stored loss curve. The model is the micro base's architecture
+    freshly initialised from a seed, not the pretrained base: pretraining's few hundred steps amplify the last-bit
+    differences between CPUs' kernels (Intel vs AMD moved the base's step-0 loss by 0.35%), a handful of steps do not."""
+    from transformers import AutoModelForCausalLM
+
+    base, tok = micro_model
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(base.config, attn_implementation="eager")
     examples, _ = _examples(tok)
     order = batch_order([len(e.input_ids) for e in examples], 4, seed=0, steps=5)
     torch.manual_seed(0)

@@ -25,11 +25,11 @@ import pandas as pd
 from harness.analysis import stats
 from harness.analysis.check.policy import CheckError, Fail, GATE_WORDS, Policy
 from harness.analysis.check.sides import Side, applies, boot_values, json_value, metric_list, plain
-from harness.spec import SpecError
+from harness.spec import SpecError, identity
 
 
 def _sections(run: pd.Series) -> dict[str, object]:
-    cfg = json.loads(run["config"])
+    cfg = identity(json.loads(run["config"]))
     data = json_value(run["data"])
     return {"model": {"model_fingerprint": cfg.get("model_fingerprint")},
             "method": cfg.get("method_cfg"), "budget": cfg.get("budget"), "train": cfg.get("train"),
