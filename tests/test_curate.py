@@ -329,7 +329,7 @@ def test_quality_vs_quantity_preset_resolves():
     """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
     from pathlib import Path
 
-    from harness.runner import plan
+    from harness.run.plan import plan
 
     path = Path(data.__file__).parent / "matrices" / "quality-vs-quantity.yaml"
     p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
