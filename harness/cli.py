@@ -45,7 +45,9 @@ DbOpt = typer.Option(None, "--db", help="DuckDB file (env HARNESS_DB; default RE
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # messages quote [brackets]
     return typer.Exit(code)
 
 

@@ -39,7 +39,7 @@ class ProgressView:
 
     def update(self, ev: Event) -> None:
         if isinstance(ev, Note):
-            self.console.print(ev.text, highlight=False, markup=False)
+            self.console.print(ev.text, highlight=False, markup=False, soft_wrap=True)
         if not self.bars:
             return
         if isinstance(ev, Started):
@@ -59,7 +59,7 @@ class ProgressView:
         took = f" ({seconds:.1f}s)" if seconds is not None else ""
         if row["status"] != "ok":
             self.console.print(f"[red]cell {self.done}/{self.total} {escape(ev.job.label)} ({ev.job.id}) failed:[/] "
-                               f"{escape(str(row['error']))}{took}", highlight=False)
+                               f"{escape(str(row['error']))}{took}", highlight=False, soft_wrap=True)
         elif not self.bars:
             self.console.print(f"cell {self.done}/{self.total} {ev.job.label}: learn {_score(learn)} forget "
-                               f"{_score(forget)}{took}", highlight=False, markup=False)
+                               f"{_score(forget)}{took}", highlight=False, markup=False, soft_wrap=True)

@@ -113,7 +113,7 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
         for job in jobs:
             console.print(f"  {job.id}  {job.label}", highlight=False)
         if jobs and hasattr(executor, "describe"):
-            console.print(executor.describe(jobs, results), highlight=False, markup=False)
+            console.print(executor.describe(jobs, results), highlight=False, markup=False, soft_wrap=True)
         return stats
     for sub in ("runs", "data"):
         (results / sub).mkdir(parents=True, exist_ok=True)

@@ -64,8 +64,9 @@ class SlurmExecutor:
         """The sbatch script this executor would submit for `jobs` (`--dry-run`)."""
         from submitit.slurm.slurm import _make_sbatch_string
 
-        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(self.folder))])
-        return _make_sbatch_string(command=command, folder=self.folder / "%j", map_count=len(jobs),
+        folder = self.folder / "%j"  # as submitit names each job's folder
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        return _make_sbatch_string(command=command, folder=folder, map_count=len(jobs),
                                    **{k: v for k, v in self._parameters(len(jobs)).items() if v is not None})
 
     def run(self, jobs: list[Job], results: Path) -> Iterator[Event]:
