@@ -144,8 +144,10 @@ class RayExecutor:
     def run(self, jobs: list[Job], results: Path) -> Iterator[Event]:
         import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         t0 = time.perf_counter()
+        results = results.resolve()  # actors run in Ray's own working directory
         started_here = not ray.is_initialized()
         if started_here:
             try:
@@ -153,7 +155,9 @@ class RayExecutor:
                          configure_logging=False)
             except ConnectionError as e:
                 raise ExecutorError(f"--address {self.opts.address}: cannot reach a Ray cluster ({e})") from None
-        progress = Queue(actor_options={"num_cpus": 0})
+        # the progress queue lives on the driver's node: it must outlast any worker node
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         request, slots = self._resources(len(jobs))
         remote = ray.remote(**request)(CellActor)
         token = uuid.uuid4().hex
