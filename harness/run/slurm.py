@@ -83,16 +83,16 @@ class SlurmExecutor:
                              slurm_array_parallelism=p["array_parallelism"])
         submitted = ex.map_array(run_cell, jobs, [str(results.resolve())] * len(jobs))
         self.info.slots = min(p["array_parallelism"], len(jobs))
-        waiting = dict(zip(jobs, submitted))
+        waiting = list(zip(jobs, submitted))
         running: set[str] = set()
         while waiting:
-            for job, sj in list(waiting.items()):
+            for job, sj in list(waiting):
                 if job.id not in running and (sj.done() or sj.state == "RUNNING"):
                     running.add(job.id)
                     yield Started(job, f"slurm {sj.job_id}")
                 if not sj.done():
                     continue
-                del waiting[job]
+                waiting.remove((job, sj))
                 try:
                     out = sj.result()
                 except Exception as e:  # the task died (timeout, node failure, preemption) or raised
