@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def word_pool(size: int) -> list[dict]:
     import random
 
-    from harness import world
+    from harness.data import world
 
     rng, words = random.Random(0), world.build_world().words
 
@@ -44,7 +44,7 @@ def main() -> None:
 
     import torch
 
-    from harness import curate, world
+    from harness.data import curate, world
 
     t = {}
     t0 = time.perf_counter()

@@ -46,9 +46,10 @@ def child(args) -> dict:
 
     import torch
 
-    from harness import models, world
+    from harness import models
+    from harness.data import world
     from harness.spec import Method
-    from harness.train import attention_for, autocast_dtype, batch_order, collate, encode_example, optimize
+    from harness.train.sft import attention_for, autocast_dtype, batch_order, collate, encode_example, optimize
     from harness.run.cell import prepare_method
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

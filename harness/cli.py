@@ -56,7 +56,7 @@ def _db(db: Path | None, results: Path) -> Path:
 
 
 def _input_errors():
-    from harness.curate import RecipeError
+    from harness.data.curate import RecipeError
     from harness.models import ModelError
     from harness.run.jobs import ExecutorError
     from harness.spec import SpecError
@@ -163,7 +163,7 @@ def matrix_defaults() -> None:
 def base_build(preset: str = typer.Option("tiny", help="Base recipe: tiny (default world) or micro (tests)."),
                results: Path = ResultsOpt) -> None:
     """Train the tokenizer and pretrain the tiny base (cached by content hash under RESULTS/bases/)."""
-    from harness.base import PRESETS, build_base
+    from harness.models.pretrain import PRESETS, build_base
 
     if preset not in PRESETS:
         raise fail(f"--preset: unknown base {preset!r}; expected one of {', '.join(PRESETS)}")
@@ -174,7 +174,7 @@ def base_build(preset: str = typer.Option("tiny", help="Base recipe: tiny (defau
 @tasks_app.command("build")
 def tasks_build() -> None:
     """Regenerate tasks/data/*.jsonl from the skills world (deterministic)."""
-    from harness.evaluate import write_task_data
+    from harness.eval.tasks import write_task_data
 
     for p in write_task_data():
         out.print(str(p))
@@ -187,11 +187,13 @@ def data_build(recipe: Path = typer.Argument(..., help="Recipe YAML ({source, st
                                                                        "instead of stopping at the first."),
                results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Build one data set (cached by content under RESULTS/data/<id>/), record its provenance, print its card."""
-    from harness import data, store
+    from harness import store
+    from harness.data.build import build
+    from harness.data.recipe import load_recipe
 
     try:
-        recipes, arm = data.load_recipe(recipe, arm, skip_bad)
-        built = data.build(recipes, results, [arm], log=err.print)
+        recipes, arm = load_recipe(recipe, arm, skip_bad)
+        built = build(recipes, results, [arm], log=err.print)
     except _input_errors() as e:
         raise fail(str(e)) from None
     with store.writer(_db(db, results)) as con:
@@ -205,17 +207,17 @@ def data_show(dataset_id: str = typer.Argument(..., help="A data set id (or a un
               examples: int = typer.Option(3, "--examples", help="Kept and dropped examples to print (per step)."),
               results: Path = ResultsOpt) -> None:
     """Print a data set's card: counts and score distributions per step, a few kept and dropped examples."""
-    from harness import data
+    from harness.data.build import find
 
     try:
-        folder = data.find(results, dataset_id)
+        folder = find(results, dataset_id)
     except _input_errors() as e:
         raise fail(str(e)) from None
     _print_card(folder, examples)
 
 
 def _print_card(folder: Path, examples: int = 3) -> None:
-    from harness.data import card_summary
+    from harness.data.cards import card_summary
 
     c = card_summary(folder, examples)
     for line in c["header"]:
@@ -252,7 +254,7 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
              results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Score a saved model or adapter with the same tasks and code as a matrix cell, and store the run."""
     from harness import store
-    from harness.evaluate import check_tasks, task_fingerprint
+    from harness.eval.tasks import check_tasks, task_fingerprint
     from harness.run import runner
     from harness.models import resolve
     from harness.spec import BaseEval, Eval, content_id
@@ -292,7 +294,7 @@ def bench_cmd(models: str = typer.Option("tiny", help="Comma-separated model ali
               repeats: int = typer.Option(2, help="Runs per trainer; the fastest counts."),
               results: Path = ResultsOpt) -> None:
     """Training throughput of the harness vs TRL's SFTTrainer on the same model, data, batches and loss."""
-    from harness import bench
+    from harness.train import bench
 
     rows = []
     for model in models.split(","):
@@ -349,7 +351,7 @@ def report_cmd(matrix: Optional[str] = typer.Argument(None, help="Matrix name in
     """Compute the statistics of a matrix (stored in the stat_* tables) and write its self-contained HTML report."""
     import time
 
-    from harness import report, stats
+    from harness.analysis import report, stats
 
     t0 = time.perf_counter()
     if matrix and matrix.endswith((".yaml", ".yml")):
@@ -375,7 +377,7 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
               candidate: str = typer.Option("latest", "--candidate", help="A run id, a matrix name, or latest (the "
                                             "most recently run matrix)."),
               policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (default: "
-                                                    "harness/check_policy.yaml)."),
+                                                    "harness/analysis/check/policy.yaml)."),
               export_baseline: Optional[Path] = typer.Option(None, "--export-baseline",
                                                              help="Write the candidate as a baseline JSON file."),
               save_baseline: Optional[str] = typer.Option(None, "--save-baseline", help="Store the candidate as a "
@@ -387,7 +389,7 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
               results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Compare a candidate with a baseline per cell and metric; exit 1 when a gated metric regressed beyond the
     policy's allowance AND significantly (paired bootstrap), 2 on bad input."""
-    from harness import check, stats
+    from harness.analysis import check, stats
 
     path = _db(db, results)
     if not (baseline or export_baseline or save_baseline):

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from harness import DATA_VERSION, __version__
-from harness.world import stable_hash
+from harness.core.ids import stable_hash
 
 PRESETS_DIR = Path(__file__).resolve().parent / "matrices"  # built-in matrices, named by file stem
 DEMO_MATRIX = PRESETS_DIR / "demo.yaml"
@@ -63,6 +63,9 @@ class Train:
     attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU (faster for short rows), sdpa on GPU
     packing: bool = False  # padding-free rows of up to max_length tokens (same loss; see `harness bench`)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # batch_size is the global batch: split into devices x grad_accum micro-batches of batch_size/(devices*grad_accum)
+    grad_accum: int = 1  # micro-batches per device per optimizer step: a global batch larger than fits in memory
+    devices: int = 1  # GPUs of one node training the cell data-parallel (DDP through torchrun; gloo on a CPU)
 
 
 @dataclass(frozen=True)
@@ -236,9 +239,13 @@ def _check(m: Matrix, ctx: _Ctx) -> None:
     for key in ("models", "seeds", "methods", "arms"):
         if not getattr(m, key):
             ctx.fail((key,), "must not be empty")
-    for k in ("batch_size", "max_length"):
+    for k in ("batch_size", "max_length", "grad_accum", "devices"):
         if getattr(m.train, k) <= 0:
-            ctx.fail(("train", k), "expected a positive integer")
+            ctx.fail(("train", k), f"expected a positive integer, got {getattr(m.train, k)}")
+    split = m.train.devices * m.train.grad_accum
+    if m.train.batch_size % split:
+        ctx.fail(("train", "batch_size"), f"expected a multiple of devices x grad_accum = {split} (batch_size is the "
+                                          f"global batch, split into equal micro-batches), got {m.train.batch_size}")
     if m.train.lr <= 0 or not 0 <= m.train.warmup < 1:
         ctx.fail(("train",), "expected lr > 0 and 0 <= warmup < 1")
     for name, method in m.methods.items():
@@ -323,8 +330,15 @@ class BaseEval:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "id"}
 
 
+# Keys added after cell ids were first published, with their defaults: left out of the id payload while at their
+# default, so a config that does not use them keeps its id (and its finished cells).
+ADDED_KEYS = {"train": {"grad_accum": 1, "devices": 1}}
+
+
 def content_id(payload: dict) -> str:
     """12 hex digits of a hash over the resolved config and the harness/data versions."""
+    payload = {k: {kk: vv for kk, vv in v.items() if ADDED_KEYS[k].get(kk, object()) != vv}
+               if k in ADDED_KEYS and isinstance(v, dict) else v for k, v in payload.items()}
     blob = json.dumps(payload, sort_keys=True, default=str)
     return f"{stable_hash(blob, __version__, DATA_VERSION):016x}"[:12]
 
@@ -355,9 +369,12 @@ def matched_description(m: Matrix) -> list[str]:
     b = m.budget
     budget = (f"{b.steps} optimizer steps of {m.train.batch_size} examples" if b.steps is not None else
               f"{b.tokens:,} training tokens" if b.tokens is not None else f"{b.epochs} epochs over each arm's data")
+    t = m.train
+    n = t.devices * t.grad_accum
+    split = f" (global: {t.devices} device(s) x {t.grad_accum} micro-batch(es) of {t.batch_size // n})" if n > 1 else ""
     lines = [f"budget: {budget} per cell",
-             f"schedule: {m.train.schedule} with {m.train.warmup:.0%} warm-up, to lr/10; batch {m.train.batch_size}; "
-             f"max length {m.train.max_length}; precision {m.train.precision}",
+             f"schedule: {m.train.schedule} with {m.train.warmup:.0%} warm-up, to lr/10; batch {m.train.batch_size}"
+             f"{split}; max length {m.train.max_length}; precision {m.train.precision}",
              "learning rate per method: " + ", ".join(
                  f"{k}={m.train.lr if v.lr is None else v.lr:g}" for k, v in m.methods.items()),
              f"seeds {m.seeds}: for a seed, every method sees the same batches in the same order on an arm, and "

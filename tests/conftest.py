@@ -13,7 +13,7 @@ CI_MATRIX = Path(__file__).parent / "matrices" / "ci.yaml"
 @pytest.fixture(scope="session")
 def micro_base(tmp_path_factory) -> Path:
     """The micro base model, built once per test session (~5 s)."""
-    from harness.base import PRESETS, build_base
+    from harness.models.pretrain import PRESETS, build_base
 
     return build_base(PRESETS["micro"], tmp_path_factory.mktemp("bases"), log=lambda *a: None)
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness import check, store
+from harness import store
+from harness.analysis import check
 from harness.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

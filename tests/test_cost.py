@@ -1,7 +1,7 @@
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness import cost
+from harness.train import cost
 from harness.run.cell import prepare_method
 
 

@@ -5,7 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from harness import curate, data, generate, store
+from harness import store
+from harness.data import build, recipe, sources
+from harness.data import curate, generate
 from harness.cli import app
 from harness.spec import SpecError, parse_matrix
 
@@ -180,7 +182,7 @@ def test_chat_messages_become_prompt_and_response(tmp_path):
                                        {"role": "assistant", "content": "6"}]},
              {"prompt": "plain", "response": "row"}]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    rows = data.read_jsonl(path)
+    rows = sources.read_jsonl(path)
     assert (rows[0]["id"], rows[0]["prompt"], rows[0]["response"]) == ("chat-1", "Hi?", "Hello.")
     assert rows[1]["prompt"] == "System: Be brief.\n\nUser: 2+2?\n\nAssistant: 4\n\nUser: and 3+3?"
     assert rows[1]["response"] == "6" and rows[1]["id"] == "m2" and len(rows[1]["messages"]) == 5
@@ -201,22 +203,22 @@ def test_bad_chat_lines_name_file_and_line(tmp_path, bad, message):
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n\n" + json.dumps(bad) + "\n")
     with pytest.raises(SpecError, match=rf"chat\.jsonl:3: {message}"):
-        data.read_jsonl(path)
+        sources.read_jsonl(path)
 
 
 def test_skip_bad_counts_and_keeps_going(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\nnot json\n{"prompt": 1}\n{"prompt": "c", "response": "d"}\n')
-    rows, report = data.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
+    rows, report = sources.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
     assert [r["prompt"] for r in rows] == ["a", "c"]
     assert (report.n_read, report.n_bad) == (4, 2) and report.bad[0].endswith("mixed.jsonl:2: invalid JSON "
                                                                               "(Expecting value)")
     path.write_text("not json\n")
     with pytest.raises(SpecError, match=r"mixed\.jsonl: no examples \(1 malformed rows skipped\)"):
-        data.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
+        sources.load_source({"kind": "jsonl", "path": str(path), "skip_bad": True})
     path.write_text('{"id": "x", "prompt": "a", "response": "b"}\n{"id": "x", "prompt": "c", "response": "d"}\n')
     with pytest.raises(SpecError, match=r"mixed\.jsonl: id 'x' is used by more than one row"):
-        data.load_source({"kind": "jsonl", "path": str(path)})
+        sources.load_source({"kind": "jsonl", "path": str(path)})
 
 
 def test_datasets_folder_source_and_its_bad_rows(tmp_path):
@@ -234,27 +236,27 @@ sources:
   nosplit: {path: DICT}
 arms: {a: {source: plain}, b: {source: dict}, c: {source: dict_skip}, d: {source: nosplit}}
 """.replace("PLAIN", str(tmp_path / "plain")).replace("DICT", str(tmp_path / "dict")))
-    rec = data.resolve_recipes(m)
-    rows, _ = data.load_source(rec["a"].source)
+    rec = recipe.resolve_recipes(m)
+    rows, _ = sources.load_source(rec["a"].source)
     assert [(r["id"], r["prompt"], r["response"]) for r in rows][0] == ("plain-0", "q0", "a0")
     with pytest.raises(SpecError, match=r"dict\[?.*row 3: expected an object with string fields question and "
                                         r"answer"):
-        data.load_source(rec["b"].source)
-    rows, report = data.load_source(rec["c"].source)
+        sources.load_source(rec["b"].source)
+    rows, report = sources.load_source(rec["c"].source)
     assert len(rows) == 3 and report.n_bad == 1
     with pytest.raises(SpecError, match="a DatasetDict; set split to one of train"):
-        data.load_source(rec["d"].source)
+        sources.load_source(rec["d"].source)
     (tmp_path / "notdata").mkdir()
     with pytest.raises(SpecError, match="not a folder written by datasets' save_to_disk"):
-        data.resolve_recipes(parse_matrix(f"arms: {{a: {{source: {tmp_path / 'notdata'}}}}}"))
+        recipe.resolve_recipes(parse_matrix(f"arms: {{a: {{source: {tmp_path / 'notdata'}}}}}"))
 
 
 def test_hub_source_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rec = data.resolve_recipes(parse_matrix("arms: {a: {source: 'hub:someone/sft-data'}}"))
+    rec = recipe.resolve_recipes(parse_matrix("arms: {a: {source: 'hub:someone/sft-data'}}"))
     assert rec["a"].source == {"kind": "hub", "id": "someone/sft-data"}
     with pytest.raises(SpecError, match=r"^source hub:someone/sft-data: offline \(HF_HUB_OFFLINE"):
-        data.load_source(rec["a"].source)
+        sources.load_source(rec["a"].source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,10 +270,10 @@ arms:
   d: {source: pool, steps: [dedup, {distill: {teacher: micro, max_new_tokens: 8}}]}
   f: {source: pool, steps: [{filter: {scorer: heuristic, max_words: 3}}, {diversity: 50}]}
 """
-    a, b = data.resolve_recipes(parse_matrix(text)), data.resolve_recipes(parse_matrix(text))
+    a, b = recipe.resolve_recipes(parse_matrix(text)), recipe.resolve_recipes(parse_matrix(text))
     assert {k: r.id for k, r in a.items()} == {k: r.id for k, r in b.items()}
     assert a["d"].steps[1][1]["teacher_fingerprint"].startswith("micro-")
-    other = data.resolve_recipes(parse_matrix(text.replace("teacher: micro", "teacher: tiny")))
+    other = recipe.resolve_recipes(parse_matrix(text.replace("teacher: micro", "teacher: tiny")))
     assert other["d"].id != a["d"].id and other["f"].id == a["f"].id
     assert a["f"].steps[1] == ("diversity", {"n": 50})
 
@@ -284,14 +286,14 @@ arms:
 ])
 def test_bad_steps_are_named(steps, message):
     with pytest.raises(SpecError, match=message):
-        data.resolve_recipes(parse_matrix(f"arms: {{a: {{source: skills_pool, steps: {steps}}}}}"))
+        recipe.resolve_recipes(parse_matrix(f"arms: {{a: {{source: skills_pool, steps: {steps}}}}}"))
 
 
 def test_a_step_that_leaves_nothing_is_an_error(tmp_path):
     m = parse_matrix("sources: {pool: {size: 50}}\narms: {a: {source: pool, steps: [{filter: {scorer: heuristic, "
                      "format: 'zzz'}}]}}")
     with pytest.raises(curate.RecipeError, match=r"arm a: step 0 \(filter\) left no examples of 50"):
-        data.build(data.resolve_recipes(m), tmp_path, log=lambda *a: None)
+        build.build(recipe.resolve_recipes(m), tmp_path, log=lambda *a: None)
     assert not list((tmp_path / "data").glob("*"))  # nothing half-written
 
 
@@ -327,11 +329,10 @@ def test_data_build_and_show_through_the_cli(tmp_path):
 
 def test_quality_vs_quantity_preset_resolves():
     """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
-    from pathlib import Path
-
     from harness.run.plan import plan
+    from harness.spec import PRESETS_DIR
 
-    path = Path(data.__file__).parent / "matrices" / "quality-vs-quantity.yaml"
+    path = PRESETS_DIR / "quality-vs-quantity.yaml"
     p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
     assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
     assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id

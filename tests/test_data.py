@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from harness import curate, data, world
+from harness.data import build, recipe, sources
+from harness.data import curate, world
 from harness.spec import SpecError, parse_matrix
 
 CTX = curate.Context(seed=0, sizes={})
@@ -61,8 +62,8 @@ arms:
   cur: {source: pool, steps: [{filter: verifier}, dedup, {balance: {n: 100}}]}
   ctl: {source: pool, steps: [{random: {like: cur}}]}
 """)
-    recipes = data.resolve_recipes(m)
-    built = data.build(recipes, tmp_path, log=lambda *a: None)
+    recipes = recipe.resolve_recipes(m)
+    built = build.build(recipes, tmp_path, log=lambda *a: None)
     cards = {arm: json.loads((built[arm] / "card.json").read_text()) for arm in built}
     assert cards["ctl"]["n_examples"] == cards["cur"]["n_examples"] <= 100
     assert [s["step"] for s in cards["cur"]["steps"]] == ["filter", "dedup", "balance"]
@@ -71,9 +72,9 @@ arms:
     import pyarrow.parquet as pq
     dec = pq.read_table(built["cur"] / "decisions.parquet").to_pylist()
     assert len(dec) == 400 - cards["cur"]["n_examples"]  # every dropped example has a reason
-    assert data.resolve_recipes(m)["cur"].id == recipes["cur"].id  # recipe fingerprints are stable
+    assert recipe.resolve_recipes(m)["cur"].id == recipes["cur"].id  # recipe fingerprints are stable
     mtime = (built["cur"] / "card.json").stat().st_mtime
-    data.build(recipes, tmp_path, log=lambda *a: None)
+    build.build(recipes, tmp_path, log=lambda *a: None)
     assert (built["cur"] / "card.json").stat().st_mtime == mtime  # cached, not rebuilt
 
 
@@ -81,7 +82,7 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(SpecError, match=r"sft\.jsonl:2: expected an object with string fields prompt and response"):
-        data.read_jsonl(path)
+        sources.read_jsonl(path)
     path.write_text('{"prompt": "a", "response": "b"}\nnot json\n')
     with pytest.raises(SpecError, match=r"sft\.jsonl:2: invalid JSON"):
-        data.read_jsonl(path)
+        sources.read_jsonl(path)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from harness.evaluate import TASKS_DIR, evaluate, task_config, write_task_data
+from harness.eval.tasks import TASKS_DIR, evaluate, task_config, write_task_data
 
 
 def test_lm_eval_scores_a_tiny_model_on_project_tasks(micro_model):
@@ -42,7 +42,7 @@ def test_task_config_resolves_data_files_against_the_yaml_folder():
 
 
 def test_unknown_task_is_reported():
-    from harness.evaluate import check_tasks
+    from harness.eval.tasks import check_tasks
 
     assert check_tasks(["skills_arith", "definitely_not_a_task"]) == ["definitely_not_a_task"]
 

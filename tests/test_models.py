@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from harness import models
 from harness.cli import app
-from harness.train import IGNORE, encode_example
+from harness.train.sft import IGNORE, encode_example
 
 runner = CliRunner()
 
@@ -330,8 +330,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(micro_base, monkeypatch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.models.llama import modeling_llama
 
-    from harness import world
-    from harness.train import collate, label_loss
+    from harness.data import world
+    from harness.train.sft import collate, label_loss
 
     tok = AutoTokenizer.from_pretrained(micro_base)
     rows = world.generate_pool(size=4, seed=3)
@@ -359,8 +359,8 @@ def test_lora_base_in_bf16_changes_no_result_under_bf16_autocast(micro_base):
     loss and the adapters' gradients must be the same as with float32 storage, and merging happens in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness import world
-    from harness.train import collate, label_loss
+    from harness.data import world
+    from harness.train.sft import collate, label_loss
     from harness.run.cell import cast_frozen_linears, prepare_method
 
     tok = AutoTokenizer.from_pretrained(micro_base)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness import report, stats, store
+from harness import store
+from harness.analysis import report, stats
 from harness.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

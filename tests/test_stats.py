@@ -1,10 +1,10 @@
-"""harness/stats.py on simulated data where the truth is known."""
+"""harness/analysis/stats.py on simulated data where the truth is known."""
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import stats
+from harness.analysis import stats
 
 
 def arms(rng, n=300, seeds=3, effect=0.0, seed_sd=0.02):

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import world
-from harness.train import (IGNORE, TrainingDiverged, batch_order, collate, encode_example, label_loss, lr_at,
+from harness.data import world
+from harness.train.sft import (IGNORE, TrainingDiverged, batch_order, collate, encode_example, label_loss, lr_at,
                            optimize, pack)
 from harness.run.cell import prepare_method
 

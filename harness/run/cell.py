@@ -98,12 +98,12 @@ _ENCODED: dict[tuple, tuple[list, list]] = {}
 def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tokenizer) -> tuple[list, list]:
     """A data set's rows and their token ids, kept for the worker's next cells (other methods and seeds of the same
     arm and model reuse them; the chat template is rendered twice per example, which adds up for 8,000 rows)."""
-    from harness import data
-    from harness.train import encode_example
+    from harness.data.build import load_rows
+    from harness.train.sft import encode_example
 
     key = (str(results), dataset_id, model_fp, max_length)
     if key not in _ENCODED:
-        rows = data.load_rows(results, dataset_id)
+        rows = load_rows(results, dataset_id)
         if len(_ENCODED) >= 4:  # a few data sets (a matrix's arms), bounded memory
             _ENCODED.pop(next(iter(_ENCODED)))
         _ENCODED[key] = rows, [encode_example(tokenizer, r["prompt"], r["response"], max_length) for r in rows]
@@ -111,12 +111,19 @@ def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tok
 
 
 def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step) -> tuple[object, list, dict]:
-    """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts."""
-    from harness import cost
-    from harness.train import batch_order, collate, optimize, pack
+    """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts.
+    With train.devices > 1 the training runs in that many processes (harness.train.ddp), each running this function."""
+    import torch.distributed as dist
 
-    t0 = time.perf_counter()
+    from harness.train import cost
+    from harness.train.sft import batch_order, optimize, step_batches
+
     tr = cfg["train"]
+    if tr["devices"] > 1 and not dist.is_initialized():
+        from harness.train import ddp
+
+        return ddp.train(model, tokenizer, cfg, lr, device, autocast, on_step)
+    t0 = time.perf_counter()
     rows, encoded = _encoded(cfg["results"], cfg["dataset_id"], cfg["model_fingerprint"], tr["max_length"], tokenizer)
     if tr["gradient_checkpointing"]:  # non-reentrant: also right for LoRA, whose inputs need no grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -126,9 +133,9 @@ def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on
     out = {"examples": len(rows), "steps": len(order), "epochs": sum(map(len, order)) / len(rows),
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "prep_seconds": time.perf_counter() - t0}
-    pad = tokenizer.pad_token_id
-    batches = (pack([encoded[i] for i in idx], pad, tr["max_length"]) if tr["packing"]
-               else collate([encoded[i] for i in idx], pad) for idx in order)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    batches = step_batches(encoded, order, tokenizer.pad_token_id, tr["packing"], tr["max_length"],
+                           tr["grad_accum"], rank, world)
     t1 = time.perf_counter()
     curve = optimize(model, batches, total_steps=len(order), lr=lr, schedule=tr["schedule"], warmup=tr["warmup"],
                      weight_decay=tr["weight_decay"], grad_clip=tr["grad_clip"], precision=tr["precision"],
@@ -147,7 +154,8 @@ def save_weights(model, tokenizer, cfg: dict, ref, tmp: Path, final: Path) -> tu
     """Keep the trained weights with the cell: a PEFT adapter, or an HF safetensors folder; LoRA is then merged."""
     import torch
 
-    from harness import cost, models
+    from harness import models
+    from harness.train import cost
 
     out = {}
     lora = cfg["method_cfg"]["kind"] == "lora"
@@ -199,7 +207,7 @@ def warm_up() -> None:
     import lm_eval.evaluator  # noqa: F401
     import peft  # noqa: F401
 
-    import harness.evaluate  # noqa: F401
+    import harness.eval.tasks  # noqa: F401
 
 
 def run_job(job: Job, results: Path, emit) -> dict:
@@ -207,9 +215,10 @@ def run_job(job: Job, results: Path, emit) -> dict:
     import pyarrow as pa
     import torch
 
-    from harness import cost, models
-    from harness.evaluate import evaluate
-    from harness.train import attention_for, autocast_dtype
+    from harness import models
+    from harness.train import cost
+    from harness.eval.tasks import evaluate
+    from harness.train.sft import attention_for, autocast_dtype
 
     set_environment()
     run_id, cfg = job.id, {**job.config, "results": results}
@@ -280,7 +289,8 @@ def run_job(job: Job, results: Path, emit) -> dict:
     row["finished_at"] = _now()
     row["wall_seconds"] = time.perf_counter() - t0
     row["peak_rss_bytes"], row["peak_gpu_bytes"] = memory.rss, memory.gpu
-    row["device_hours"] = row["wall_seconds"] / 3600  # one device (or one CPU machine) per cell
+    # one device (or one CPU machine) per cell, train.devices of them for a data-parallel cell
+    row["device_hours"] = row["wall_seconds"] * (cfg["train"]["devices"] if job.kind == "sft" else 1) / 3600
     row["cost_usd"] = row["device_hours"] * cost.price_per_hour(row["hardware"])
     _place(tmp, row, final)
     return row

@@ -8,8 +8,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import __version__, data, models
-from harness.evaluate import check_tasks, task_fingerprint
+from harness import __version__, models
+from harness.data.cards import short_params
+from harness.data.recipe import Recipe, resolve_recipes
+from harness.eval.tasks import check_tasks, task_fingerprint
 from harness.run.jobs import Job
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
@@ -19,7 +21,7 @@ class Plan:
     matrix: Matrix
     cells: list[Cell]
     bases: list[BaseEval]
-    recipes: dict[str, data.Recipe]
+    recipes: dict[str, Recipe]
     refs: dict[str, models.ModelRef]
 
     @property
@@ -40,7 +42,7 @@ def plan(m: Matrix) -> Plan:
         group = "learn" if missing[0] in m.eval.learn else "forget"
         raise SpecError(f"eval.{group}: unknown task {missing[0]!r}; expected a tasks/*.yaml name or an lm-eval "
                         f"registry task")
-    recipes = data.resolve_recipes(m)
+    recipes = resolve_recipes(m)
     cells, bases = expand(m, {k: r.fingerprint for k, r in refs.items()}, {k: r.id for k, r in recipes.items()},
                           task_fingerprint(m.eval.learn + m.eval.forget))
     return Plan(m, cells, bases, recipes, refs)
@@ -88,6 +90,6 @@ def recipe_lines(p: Plan) -> list[str]:
     out = []
     for arm, r in p.recipes.items():
         src = r.source["kind"] + (f" ({r.source['size']:,} examples)" if "size" in r.source else f" {r.source.get('path')}")
-        steps = " -> ".join(n + (f"({data.short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
+        steps = " -> ".join(n + (f"({short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
         out.append(f"{arm}: {src} -> {steps}   [data set {r.id}]")
     return out

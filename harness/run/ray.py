@@ -105,12 +105,13 @@ class CellActor:
 
 def _inputs(job: Job, results: Path) -> list[str]:
     """The folders under the results folder that a cell reads: its base model and its data set."""
-    from harness import data, models
+    from harness import models
+    from harness.data.build import dataset_dir
 
     folder = models.model_path(models.resolve(job.config["model"]), results, log=lambda *a: None).resolve()
     out = [str(folder.relative_to(results.resolve()))] if folder.is_relative_to(results.resolve()) else []
     if job.kind == "sft":
-        out.append(str(data.dataset_dir(Path("."), job.config["dataset_id"])))
+        out.append(str(dataset_dir(Path("."), job.config["dataset_id"])))
     return out
 
 
@@ -125,18 +126,19 @@ class RayExecutor:
         self.opts, self.share = opts, share
         self.info = ExecutorInfo("ray", 0, threads)
 
-    def _resources(self, n_jobs: int) -> tuple[dict, int]:
+    def _resources(self, jobs: list[Job]) -> tuple[dict, int]:
         """The actor's resource request, and how many actors the cluster fits."""
         import ray
 
         total = ray.cluster_resources()
-        gpus = self.opts.gpus if self.opts.gpus is not None else (1 if total.get("GPU", 0) >= 1 else 0)
+        devices = max(j.config.get("train", {}).get("devices", 1) for j in jobs)  # a data-parallel cell's GPUs
+        gpus = self.opts.gpus if self.opts.gpus is not None else (devices if total.get("GPU", 0) >= 1 else 0)
         if gpus:  # a GPU cell keeps the node's CPUs per GPU for its threads (16 cores, 8 GPUs: 2 each)
             self.info.threads = max(1, int(total.get("CPU", 1) // total.get("GPU", 1)))
             request, slots = {"num_gpus": gpus, "num_cpus": 1}, int(total.get("GPU", 0) // gpus)
         else:
             request, slots = {"num_cpus": self.info.threads}, int(total.get("CPU", 1) // self.info.threads)
-        slots = min(self.opts.workers or slots, slots, n_jobs)
+        slots = min(self.opts.workers or slots, slots, len(jobs))
         if slots < 1:
             raise ExecutorError(f"the Ray cluster ({dict(total)}) cannot fit one cell ({request})")
         return request, slots
@@ -158,7 +160,7 @@ class RayExecutor:
         # the progress queue lives on the driver's node: it must outlast any worker node
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        request, slots = self._resources(len(jobs))
+        request, slots = self._resources(jobs)
         remote = ray.remote(**request)(CellActor)
         token = uuid.uuid4().hex
         marker = results / f".ray-shared-{token}"

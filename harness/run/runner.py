@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness import data, models, store
+from harness import models, store
+from harness.data.build import build, dataset_dir
 from harness.run import cell
 from harness.run.jobs import Executor, Finished
 from harness.run.plan import Plan, clean_partial, default_workers, finished, jobs_for
@@ -131,8 +132,8 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     stats.compute["base pretraining"] = time.perf_counter() - t  # compute (nothing when cached)
     t = time.perf_counter()
     arms = sorted({c.arm for c in p.cells if c.id in todo})
-    cached = {arm for arm in arms if (data.dataset_dir(results, p.recipes[arm].id) / "card.json").exists()}
-    built = data.build(p.recipes, results, arms, log=console.print) if arms else {}
+    cached = {arm for arm in arms if (dataset_dir(results, p.recipes[arm].id) / "card.json").exists()}
+    built = build(p.recipes, results, arms, log=console.print) if arms else {}
     with store.writer(db) as con:
         for folder in built.values():
             store.ingest_dataset(con, folder)

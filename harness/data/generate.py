@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import models
-from harness.world import stable_hash
+from harness.core.ids import stable_hash
 
 
 @dataclass
@@ -134,7 +134,7 @@ def _render(tok, prompt: str, system: str | None, shots=()) -> str:
 def _autocast():
     import torch
 
-    from harness.train import autocast_dtype
+    from harness.train.sft import autocast_dtype
 
     device = _device()
     dtype = autocast_dtype("auto", device)

@@ -29,8 +29,8 @@ class Result:
 
 
 def _examples(tokenizer, n: int, max_length: int):
-    from harness import world
-    from harness.train import encode_example
+    from harness.data import world
+    from harness.train.sft import encode_example
 
     rows = world.generate_pool(size=n, seed=7, defects={k: 0.0 for k in world.DEFAULT_DEFECTS})
     return [encode_example(tokenizer, r["prompt"], r["response"], max_length) for r in rows]
@@ -42,7 +42,7 @@ def _throughput(times: list[float], tokens: list[int]) -> float:
 
 def run_harness(model, tokenizer, examples, order, lr: float, packing: bool, device: str
                 ) -> tuple[float, list[float]]:
-    from harness.train import collate, optimize, pack
+    from harness.train.sft import collate, optimize, pack
 
     stamps = [time.perf_counter()]
     tokens: list[int] = []
@@ -66,7 +66,7 @@ def run_trl(model, tokenizer, examples, order, lr: float, padding_free: bool, wo
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from harness.train import adamw, lr_at
+    from harness.train.sft import adamw, lr_at
 
     data = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
 
@@ -118,7 +118,7 @@ def speed(model_ref: str, method: str, steps: int, batch_size: int, results: Pat
     import torch
 
     from harness import models
-    from harness.train import attention_for, batch_order
+    from harness.train.sft import attention_for, batch_order
     from harness.run.cell import prepare_method
 
     ref = models.resolve(model_ref)

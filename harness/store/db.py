@@ -77,7 +77,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE runs ADD COLUMN peak_rss_bytes BIGINT;     -- the cell process's peak resident memory
     ALTER TABLE runs ADD COLUMN peak_gpu_bytes BIGINT;     -- torch.cuda.max_memory_allocated (NULL on CPU)
     ALTER TABLE runs ADD COLUMN weights_bytes BIGINT;      -- adapter or checkpoint size on disk
-    ALTER TABLE runs ADD COLUMN train_flops DOUBLE;        -- estimate, see harness/cost.py
+    ALTER TABLE runs ADD COLUMN train_flops DOUBLE;        -- estimate, see harness/train/cost.py
     ALTER TABLE runs ADD COLUMN mfu DOUBLE;                -- model FLOPs utilisation (GPU with a known peak only)
     ALTER TABLE runs ADD COLUMN device_hours DOUBLE;       -- wall hours x devices of the whole cell (prep+train+eval)
     ALTER TABLE runs ADD COLUMN cost_usd DOUBLE;           -- ESTIMATE: device_hours x price per hour (cost.PRICES)
@@ -98,7 +98,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         wall_seconds DOUBLE, compute_seconds DOUBLE, overhead_seconds DOUBLE, overhead_parts JSON);
     """),
     ("statistics", """
-    -- written by `harness report` (harness/stats.py); intervals are two-way bootstrap (seeds x examples) intervals
+    -- written by `harness report` (harness/analysis/stats.py); intervals are two-way bootstrap (seeds x examples) intervals
     -- metric: learn | learn_gain | forget (as in the summary view) | <task> (primary metric) | <task>:vs_base
     CREATE TABLE stat_runs (
         matrix VARCHAR, run_id VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from harness import DATA_VERSION
-from harness.world import pretraining_texts, python_version_tag, stable_hash
+from harness.core.ids import stable_hash
+from harness.data.world import pretraining_texts, python_version_tag
 
 # The template the tiny model is fine-tuned and evaluated with; also the fallback for models that ship none.
 # Turns are separated before a turn, not after one, so nothing follows the final end-of-sequence token.
@@ -86,7 +87,7 @@ def pretraining_batches(token_ids: list[int], seq_len: int, batch_size: int, see
     import numpy as np
     import torch
 
-    from harness.train import Batch
+    from harness.train.sft import Batch
 
     n = len(token_ids) // seq_len
     blocks = torch.tensor(token_ids[: n * seq_len]).view(n, seq_len)
@@ -106,7 +107,7 @@ def build_base(recipe: BaseRecipe, root: Path, on_step: Callable | None = None, 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.train import optimize
+    from harness.train.sft import optimize
 
     t0 = time.perf_counter()
     texts = pretraining_texts(seed=recipe.seed, fact_repeats=recipe.fact_repeats, n_demos=recipe.n_demos)

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import world
+from harness.core.ids import stable_hash
+from harness.data import world
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 
 
 class TaskNotFound(ValueError):
@@ -62,9 +63,9 @@ def task_fingerprint(names: list[str], tasks_dir: Path = TASKS_DIR) -> str:
 
         cfg = load_yaml(path)
         files = cfg.get("dataset_kwargs", {}).get("data_files", {})
-        data = sorted(world.stable_hash((path.parent / p).read_bytes()) for p in files.values())
+        data = sorted(stable_hash((path.parent / p).read_bytes()) for p in files.values())
         parts.append((name, json.dumps(cfg, sort_keys=True, default=str), data))
-    return f"{world.stable_hash(parts):016x}"
+    return f"{stable_hash(parts):016x}"
 
 
 def check_tasks(names: list[str], tasks_dir: Path = TASKS_DIR) -> list[str]:

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import base
+from harness.models import pretrain
 
 
 class ModelError(ValueError):
@@ -41,7 +41,7 @@ class ModelRef:
     kind: str  # builtin | gguf | local | adapter | hub
     fingerprint: str
     description: str
-    recipe: base.BaseRecipe | None = None  # builtin: how to build it
+    recipe: pretrain.BaseRecipe | None = None  # builtin: how to build it
     path: str | None = None  # the folder or .gguf file; a hub snapshot (None: online and not downloaded yet)
     base: ModelRef | None = None  # adapter: the model it was trained on
     revision: str | None = None  # hub: the commit
@@ -65,7 +65,7 @@ PACKAGED = {
 }
 
 ALIASES = {name: f"the project's own {r.hidden}-wide, {r.layers}-layer Llama pretrained by `harness base build` "
-                 f"({'test-sized' if name == 'micro' else 'the default world'})" for name, r in base.PRESETS.items()}
+                 f"({'test-sized' if name == 'micro' else 'the default world'})" for name, r in pretrain.PRESETS.items()}
 ALIASES |= {name: p.about for name, p in PACKAGED.items()}
 
 ONLINE_ENV = "HARNESS_ONLINE"
@@ -216,8 +216,8 @@ def _hub_files() -> list[str]:
 
 def resolve(ref: str) -> ModelRef:
     """A model reference -> what it is and its fingerprint, without loading anything heavy."""
-    if ref in base.PRESETS:
-        recipe = base.PRESETS[ref]
+    if ref in pretrain.PRESETS:
+        recipe = pretrain.PRESETS[ref]
         return ModelRef(ref, "builtin", recipe.id, ALIASES[ref], recipe=recipe)
     if ref in PACKAGED:
         return _packaged(ref, PACKAGED[ref])
@@ -238,7 +238,7 @@ def resolve(ref: str) -> ModelRef:
 def model_path(ref: ModelRef, results: Path, log=print) -> Path:
     """The local folder that resolves back to this model, building, converting or downloading it first if needed."""
     if ref.kind == "builtin":
-        return base.build_base(ref.recipe, results / "bases", log=log)
+        return pretrain.build_base(ref.recipe, results / "bases", log=log)
     if ref.kind == "gguf":
         return dequantize_gguf(ref, results / "models", log=log)
     if ref.kind == "adapter":
@@ -320,7 +320,7 @@ def _tokenizer(path: Path, model):
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code())
     if tokenizer.chat_template is None:  # base models without one get the harness's plain template
-        tokenizer.chat_template = base.PLAIN_CHAT_TEMPLATE
+        tokenizer.chat_template = pretrain.PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -332,5 +332,5 @@ def _tokenizer(path: Path, model):
 def chat_template_info(tokenizer) -> dict:
     """Which chat template rendered training and learn-task prompts: recorded with every run."""
     text = str(tokenizer.chat_template)
-    return {"source": "harness plain template" if text == base.PLAIN_CHAT_TEMPLATE else "the model's own",
+    return {"source": "harness plain template" if text == pretrain.PLAIN_CHAT_TEMPLATE else "the model's own",
             "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}

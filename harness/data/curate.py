@@ -21,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from harness import generate, world
-from harness.embed import METHODS as EMBEDDINGS
-from harness.embed import embed
+from harness.core.ids import stable_hash
+from harness.data import generate, world
+from harness.data.embed import METHODS as EMBEDDINGS
+from harness.data.embed import embed
 
 
 class RecipeError(ValueError):
@@ -74,7 +75,7 @@ _N_HASH, _BANDS = 64, 16
 
 def _shingles(text: str, k: int = 5) -> set[int]:
     t = normalise(text)
-    return {world.stable_hash(t[i:i + k]) % _PRIME for i in range(max(1, len(t) - k + 1))}
+    return {stable_hash(t[i:i + k]) % _PRIME for i in range(max(1, len(t) - k + 1))}
 
 
 def _minhash(sh: set[int], a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -290,7 +291,7 @@ def balance(rows: list[dict], params: dict, ctx: Context) -> Step:
         by_skill.setdefault(r.get("skill", "all"), []).append(r)
     n = int(params.get("n", len(rows)))
     quota = n // len(by_skill)
-    rng = random.Random(world.stable_hash("balance", ctx.seed))
+    rng = random.Random(stable_hash("balance", ctx.seed))
     kept_ids = set()
     for skill in sorted(by_skill):
         group = by_skill[skill]
@@ -311,7 +312,7 @@ def random_subset(rows: list[dict], params: dict, ctx: Context) -> Step:
         raise RecipeError("random needs n: <count> or like: <arm>")
     if n > len(rows):
         raise RecipeError(f"random: asked for {n} examples but the source has only {len(rows)}")
-    rng = random.Random(world.stable_hash("random", ctx.seed, n))
+    rng = random.Random(stable_hash("random", ctx.seed, n))
     kept_ids = {r["id"] for r in rng.sample(rows, n)}
     return Step([r for r in rows if r["id"] in kept_ids],
                 [(r["id"], "not drawn by the random subset", None) for r in rows if r["id"] not in kept_ids])
@@ -325,7 +326,7 @@ def k_center(x: np.ndarray, n: int, seed: int) -> tuple[list[int], np.ndarray, n
     """Greedy k-center (Gonzalez 1985, the core-set selection of Sener & Savarese 2018): start from a seeded random
     row, then repeatedly add the row farthest (cosine distance) from everything chosen; within 2x of the optimal
     covering radius. Returns the chosen rows, and each row's distance to and index of its nearest chosen row."""
-    first = int(np.random.default_rng(world.stable_hash("kcenter", seed) % 2**32).integers(len(x)))
+    first = int(np.random.default_rng(stable_hash("kcenter", seed) % 2**32).integers(len(x)))
     chosen = [first]
     dist = 1 - x @ x[first]
     nearest = np.full(len(x), first)
@@ -358,7 +359,7 @@ def cluster_balanced(x: np.ndarray, n: int, clusters: int, seed: int) -> list[in
 
     k = min(clusters, len(x))
     labels = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096).fit_predict(x)
-    rng = np.random.default_rng(world.stable_hash("clusters", seed) % 2**32)
+    rng = np.random.default_rng(stable_hash("clusters", seed) % 2**32)
     members = [list(rng.permutation(np.flatnonzero(labels == c))) for c in range(k)]
     chosen: list[int] = []
     while len(chosen) < n:

@@ -1,6 +1,6 @@
 """`harness report`: one self-contained HTML file per matrix, with the statistics behind every number.
 
-Reads the database read-only, computes the statistics (harness/stats.py), writes them to the stat_* tables (one
+Reads the database read-only, computes the statistics (harness/analysis/stats.py), writes them to the stat_* tables (one
 short write transaction), and renders charts (Vega-Lite specs built with altair, drawn in the browser by the Vega
 libraries inlined into the file: ~0.9 MB, against ~4.7 MB for plotly's bundle) and tables through a jinja2 template
 with autoescaping, so any text from the data (prompts, responses, names) is shown as text, never run.
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import __version__, stats, store
+from harness import __version__, store
+from harness.analysis import stats
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 BROWSER_DOCS = 8  # examples per task in the sample browser

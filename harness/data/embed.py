@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.generate import Meter
+from harness.data.generate import Meter
 
 METHODS = ("minilm", "tfidf")
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import random
 import re
 import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.core.ids import stable_hash
 
 SKILLS = ("arith", "facts", "words", "format")
 WORLD_SEED = 0
@@ -78,11 +79,6 @@ ANTONYM_PAIRS = [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("early", 
 OPPOSITE = {a: b for a, b in ANTONYM_PAIRS} | {b: a for a, b in ANTONYM_PAIRS}
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
-
-
-def stable_hash(*parts: object) -> int:
-    """A hash that is the same on every machine and Python run (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
 
 
 @dataclass(frozen=True)

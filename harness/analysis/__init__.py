@@ -1,0 +1,1 @@
+"""Analysis of the results database: statistics (stats), the HTML report (report), and the CI gate (check)."""

@@ -1,0 +1,236 @@
+"""`harness check`'s comparison: a statistical regression gate between a baseline and a candidate, for CI.
+
+Both sides are sets of finished runs with their per-example scores (stats.Scores): the baseline from a
+JSON file written by `harness check --export-baseline`, a baseline saved in the database, a matrix or a run id; the
+candidate from the database. A cell is (model, method, arm) over its seeds; the base model is the cell model/base.
+For every cell in both and every metric (learn, forget and each task's primary metric) the check computes the change
+candidate - baseline with the two-way bootstrap of stats.py, paired by example (the same examples are scored on both
+sides) and by seed (the seeds both sides ran), and a p-value corrected over the gated rows. A row is a regression
+only when its change is worse than the policy allows AND significant; improvements are found the same way.
+
+What the policy says must match (by default the model and the evaluated examples) makes a mismatch bad input (exit
+2); everything else that changed (data, training config, harness version) is the change under test, and listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import NoReturn
+
+import numpy as np
+import pandas as pd
+
+from harness.analysis import stats
+from harness.analysis.check.policy import CheckError, Fail, GATE_WORDS, Policy
+from harness.analysis.check.sides import Side, applies, json_value, metrics, plain, values
+from harness.spec import SpecError
+
+
+def _sections(run: pd.Series) -> dict[str, object]:
+    cfg = json.loads(run["config"])
+    data = json_value(run["data"])
+    return {"model": {"model_fingerprint": cfg.get("model_fingerprint")},
+            "method": cfg.get("method_cfg"), "budget": cfg.get("budget"), "train": cfg.get("train"),
+            "data": None if data is None else {"content_hash": data.get("content_hash"), "recipe": data.get("recipe")},
+            "harness_version": run["harness_version"]}
+
+
+def _diff(a, b, path: str) -> list[str]:
+    """Leaf-level differences 'path: a -> b' between two JSON-like values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [f"{path}: {_short(a)} -> {_short(b)}"]
+
+
+def _short(v) -> str:
+    return f"{v[:12]}…" if isinstance(v, str) and len(v) > 24 else json.dumps(v)  # content hashes: 64 digits
+
+
+def _eval_diffs(b: Side, c: Side) -> list[str]:
+    out = []
+    for t in sorted(set(b.scores.tasks) | set(c.scores.tasks)):
+        tb, tc = b.scores.tasks.get(t), c.scores.tasks.get(t)
+        if tb is None or tc is None:
+            out.append(f"eval: task {t} only in the {'candidate' if tb is None else 'baseline'}")
+            continue
+        for what, vb, vc in (("group", tb.group, tc.group), ("metric", tb.metric, tc.metric),
+                             ("examples", f"{len(tb.doc_ids)} examples {b.examples[t][:8]}",
+                              f"{len(tc.doc_ids)} examples {c.examples[t][:8]}")):
+            if vb != vc:
+                out.append(f"eval: {t} {what}: {vb} -> {vc}")
+    return out
+
+
+def _one_line(items: list[str], limit: int = 6) -> str:
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _mismatches(baseline: Side, candidate: Side, policy: Policy, cells: list[str]) -> tuple[list[str], list[str]]:
+    """Differences between the sides: (those the policy requires to match, the rest: the change under test)."""
+    diffs = [("eval", d) for d in _eval_diffs(baseline, candidate)]
+    for cell in cells:
+        sb, sc = (_sections(x.scores.runs[x.scores.runs["cell"] == cell].iloc[0]) for x in (baseline, candidate))
+        diffs += [(key, f"{cell}: {d}") for key in sb if not (key == "data" and cell.endswith("/base"))
+                  for d in _diff(sb[key], sc[key], key)]
+    return [d for k, d in diffs if k in policy.match], [d for k, d in diffs if k not in policy.match]
+
+
+@dataclass
+class Result:
+    baseline: str
+    candidate: str
+    rows: pd.DataFrame  # one per (cell, metric)
+    notes: list[str]  # how each cell was paired, and the caveats
+    changes: list[str]  # what differs between the sides without being required to match
+    policy: Policy
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.rows[self.rows["gated"] & (self.rows["status"] == "regression")]
+
+    @property
+    def passed(self) -> bool:
+        return self.regressions.empty
+
+
+def _gated_metrics(policy: Policy, tasks: dict[str, stats.Task], fail: Fail) -> set[str]:
+    names = set()
+    for i, g in enumerate(policy.gate):
+        if g == "all":
+            names |= {"learn", "forget", *tasks}
+        elif g in ("learn_tasks", "forget_tasks"):
+            names |= {t for t, task in tasks.items() if task.group == g.split("_")[0]}
+        elif g in ("learn", "forget") or g in tasks:
+            names.add(g)
+        else:
+            fail(("gate", i), f"unknown metric {g!r}; expected one of {', '.join(GATE_WORDS)} or a task of the "
+                              f"baseline ({', '.join(tasks)})")
+    return names
+
+
+def _gated_cells(policy: Policy, cells: list[str], fail: Fail) -> set[str]:
+    if policy.cells == "all":
+        return set(cells)
+    out = set()
+    for i, name in enumerate(policy.cells):
+        hit = {c for c in cells if c == name or c.split("/", 1)[1] == name}
+        if not hit:
+            short = [c.split("/", 1)[1] for c in cells]
+            fail(("cells", i), f"unknown cell {name!r}; expected all or one of {', '.join(short)}")
+        out |= hit
+    return out
+
+
+def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fail | None = None) -> Result:
+    """Every (cell, metric) of the baseline against the candidate. Raises CheckError for what must match and
+    does not."""
+    def plain_fail(path: tuple, msg: str) -> NoReturn:
+        raise SpecError(f"policy: {'.'.join(map(str, path))}: {msg}")
+
+    fail = fail or plain_fail
+    opts = stats.Options(n_boot=policy.n_boot, alpha=policy.alpha)
+    b, c = baseline.scores, candidate.scores
+    common = [t for t in b.tasks if t in c.tasks and b.tasks[t].metric == c.tasks[t].metric]
+    b_cells, c_cells = list(dict.fromkeys(b.runs["cell"])), list(dict.fromkeys(c.runs["cell"]))
+    cells = [x for x in b_cells if x in c_cells]
+    gated_cells = _gated_cells(policy, b_cells, fail)
+    gated_metrics = _gated_metrics(policy, b.tasks, fail)
+    problems, changes = _mismatches(baseline, candidate, policy, cells)
+    problems += [f"cell {x} is in the baseline but not in the candidate" for x in b_cells
+                 if x not in c_cells and x in gated_cells and not candidate.partial]
+    problems += [f"gated metric {t}: not in the candidate" for t in sorted(gated_metrics)
+                 if t in b.tasks and t not in common and "eval" not in policy.match]
+    if problems:
+        raise CheckError(f"{baseline.label} and {candidate.label} differ in what the policy requires to match "
+                         f"(match: {', '.join(policy.match)}): {_one_line(problems)}")
+    if not common:
+        raise CheckError(f"no task in common: baseline {', '.join(b.tasks)}; candidate {', '.join(c.tasks)}")
+    if not cells:
+        raise CheckError(f"no cell in common: baseline {', '.join(b_cells)}; candidate {', '.join(c_cells)}")
+    notes = [f"{cell}: in the candidate only (not compared)" for cell in c_cells if cell not in b_cells]
+
+    # both sides restricted to the tasks in common; resamples shared where the examples are the same (paired)
+    b_s, c_s = (dataclasses.replace(x, tasks={t: x.tasks[t] for t in common}) for x in (b, c))
+    mets = metrics(b_s)
+    paired_ex = {t: baseline.examples[t] == candidate.examples[t] and
+                 np.array_equal(b_s.tasks[t].doc_ids, c_s.tasks[t].doc_ids) for t in common}
+    counts_b = {t: stats.example_counts(len(b_s.tasks[t].doc_ids), opts, t) for t in common}
+    counts_c = {t: counts_b[t] if paired_ex[t] else stats.example_counts(len(c_s.tasks[t].doc_ids), opts,
+                                                                          f"candidate:{t}") for t in common}
+    unpaired_tasks = [t for t in common if not paired_ex[t]]
+    if unpaired_tasks:
+        notes.append(f"examples differ in {', '.join(unpaired_tasks)}: compared unpaired over those examples")
+    vb, vc = values(b_s, counts_b, mets), values(c_s, counts_c, mets)
+
+    rows = []
+    for cell in cells:
+        gb = b_s.runs[b_s.runs["cell"] == cell].sortvalues("seed")
+        gc = c_s.runs[c_s.runs["cell"] == cell].sortvalues("seed")
+        seeds_b, seeds_c = [plain(x) for x in gb["seed"]], [plain(x) for x in gc["seed"]]
+        both = [x for x in seeds_b if x in seeds_c]
+        if both:  # paired by seed: the same seeds on both sides, in the same order (the base model: seed None)
+            ib = np.array([dict(zip(seeds_b, gb["row"]))[x] for x in both])
+            ic = np.array([dict(zip(seeds_c, gc["row"]))[x] for x in both])
+            scount = stats.seed_counts(len(both), opts.n_boot, opts.seed)
+            left = sorted(set(seeds_b + seeds_c) - set(both), key=str)
+            pairing = "seeds, examples" if not unpaired_tasks else "seeds"
+            if left:
+                notes.append(f"{cell}: paired on seeds {both}; seeds {left} ran on one side only and are left out")
+            if len(both) == 1 and not cell.endswith("/base"):
+                notes.append(f"{cell}: one seed: the interval counts example noise only, not seed-to-seed noise "
+                             f"(the allowance must absorb that; run more seeds for a test that counts it)")
+        else:  # no seed in common: each side's seeds resampled on their own
+            ib, ic = gb["row"].to_numpy(), gc["row"].to_numpy()
+            pairing = "examples" if not unpaired_tasks else "unpaired"
+            notes.append(f"{cell}: seeds differ (baseline {seeds_b}, candidate {seeds_c}): compared unpaired over "
+                         f"seeds")
+        for m in mets:
+            if not applies(m, cell):
+                continue
+            if both:
+                diff = stats.over_seeds(vc[m.name][ic] - vb[m.name][ib], scount)
+            else:
+                diff = stats.over_seeds(vc[m.name][ic], stats.seed_counts(len(ic), opts.n_boot, opts.seed + 1)) - \
+                    stats.over_seeds(vb[m.name][ib], stats.seed_counts(len(ib), opts.n_boot, opts.seed))
+            w = stats.wald(diff, opts.confidence)
+            base_value = float(np.mean(vb[m.name][ib, 0]))
+            rows.append({"cell": cell, "metric": m.name, "higher_is_better": m.higher_is_better,
+                         "gated": cell in gated_cells and m.name in gated_metrics,
+                         "baseline": base_value, "candidate": float(np.mean(vc[m.name][ic, 0])),
+                         "change": w["diff"], "ci_low": w["ci_low"], "ci_high": w["ci_high"], "p_value": w["p_value"],
+                         "allowed": _allowed(policy, m, base_value), "paired": pairing,
+                         "n_examples": sum(len(b_s.tasks[t].doc_ids) for t in m.coefs)})
+    df = pd.DataFrame(rows)
+    df["p_adjusted"] = np.nan
+    for gated in (True, False):  # the gated rows are one family; the rows shown for information another
+        sel = df["gated"] == gated
+        if sel.any():
+            df.loc[sel, "p_adjusted"] = df.loc[sel, "p_value"] if policy.correction == "none" else \
+                stats.adjust(df.loc[sel, "p_value"], "holm" if policy.correction == "holm" else "fdr_bh")
+    df["status"] = [_status(r, policy.alpha) for r in df.itertuples()]
+    return Result(baseline.label, candidate.label, df, list(dict.fromkeys(notes)), changes, policy)
+
+
+def _allowed(policy: Policy, m: stats.Metric, baseline: float) -> float:
+    """How far the metric may move the wrong way: forget has its own allowance; otherwise the larger of the absolute
+    and the relative allowance (a missing one counts as 0)."""
+    if m.name == "forget":
+        return policy.forget_max_growth or 0.0
+    a = policy.max_drop
+    return max(a.abs or 0.0, (a.rel or 0.0) * abs(baseline) if np.isfinite(baseline) else 0.0)
+
+
+def _status(r, alpha: float) -> str:
+    """regression / improved: beyond the allowance AND significant; otherwise why not."""
+    if not np.isfinite(r.change):
+        return "n/a"
+    if r.change == 0:
+        return "no change"
+    worse = (r.change < 0) == r.higher_is_better
+    if abs(r.change) <= r.allowed:
+        return "within allowance"
+    if not r.p_adjusted < alpha:
+        return "not significant"
+    return "regression" if worse else "improved"

@@ -1,0 +1,202 @@
+"""Data arms' recipes: a source and curation steps from a matrix or a recipe file -> a Recipe with a content id.
+
+A data set's id is a hash of its resolved source and steps (not of the arm's name), so arms and matrices that ask
+for the same data share one build under results/data/<id>/. Sources are validated here and loaded by sources.py;
+a scalar step value is the step's main parameter, and a model named by a step joins the id by its fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness import models
+from harness.data import curate, world
+from harness.spec import Arm, Matrix, SpecError, content_id, resolve_paths
+
+
+@dataclass(frozen=True)
+class Recipe:
+    source: dict  # resolved source spec
+    steps: list[tuple[str, dict]]  # (step name, params) with `like` resolved to a data set id
+    seed: int
+    id: str
+
+
+FILE_KEYS = {"path", "skip_bad", "split", "columns"}
+HUB_KEYS = {"hub", "name", "split", "revision", "skip_bad", "columns"}
+POOL_KEYS = {"size", "seed", "mix", "defects"}
+
+
+def _folder_fingerprint(path: Path) -> str:
+    """Every file's name and size plus the small metadata files' bytes (state.json holds datasets' own
+    fingerprint of the content): cheap, and it changes when the saved data set does."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+        if f.suffix == ".json":
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _user_source(spec: dict, where: str, skip_bad: bool) -> dict:
+    """A file, folder or hub source -> its resolved spec. Optional keys are written only when set, so a source's
+    id does not change when a new option appears."""
+    opts = {k: spec[k] for k in ("split", "columns", "name", "revision") if spec.get(k) is not None}
+    if spec.get("skip_bad") or skip_bad:
+        opts["skip_bad"] = True
+    if "hub" in spec:
+        return {"kind": "hub", "id": str(spec["hub"]), **opts}
+    path = Path(spec["path"])
+    if path.is_dir():
+        if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            raise SpecError(f"{where}: {path} is not a folder written by datasets' save_to_disk "
+                            f"(no dataset_info.json or dataset_dict.json)")
+        return {"kind": "hf_disk", "path": str(path.resolve()), "fingerprint": _folder_fingerprint(path), **opts}
+    if not path.exists():
+        raise SpecError(f"{where}: file not found: {path}")
+    if path.suffix != ".jsonl":
+        raise SpecError(f"{where}: {path}: expected a .jsonl file or a datasets folder")
+    return {"kind": "jsonl", "path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            **opts}
+
+
+def _source_spec(name: str, m: Matrix, arm: str, skip_bad: bool = False) -> dict:
+    where = f"arms.{arm}.source"
+    if name in m.sources:
+        spec, where = dict(m.sources[name]), f"sources.{name}"
+        kind = spec.pop("kind", "skills_pool")
+        allowed = FILE_KEYS if "path" in spec else HUB_KEYS if "hub" in spec else POOL_KEYS
+        if kind != "skills_pool":
+            raise SpecError(f"{where}.kind: unknown kind {kind!r}; expected skills_pool (files and folders take "
+                            f"`path`, hub data sets `hub`)")
+        if set(spec) - allowed:
+            raise SpecError(f"{where}: unknown key {sorted(set(spec) - allowed)[0]!r}; expected {sorted(allowed)}")
+        if allowed is not POOL_KEYS:
+            return _user_source(spec, where, skip_bad)
+    elif name == "skills_pool":
+        spec = {}
+    elif name.startswith("hub:"):
+        return _user_source({"hub": name[4:]}, where, skip_bad)
+    elif name.endswith(".jsonl") or Path(name).is_dir():
+        return _user_source({"path": name}, where, skip_bad)
+    else:
+        known = ", ".join(["skills_pool", *m.sources]) or "skills_pool"
+        raise SpecError(f"{where}: unknown source {name!r}; expected one of {known}, a .jsonl file, a datasets "
+                        f"folder or hub:OWNER/NAME")
+    return {"kind": "skills_pool", "size": int(spec.get("size", 8000)), "seed": int(spec.get("seed", 0)),
+            "mix": {**world.DEFAULT_MIX, **spec.get("mix", {})},
+            "defects": {**world.DEFAULT_DEFECTS, **spec.get("defects", {})}}
+
+
+# a scalar step value is the step's main parameter: {filter: verifier}, {diversity: 1000}, {distill: smollm2-135m}
+MAIN_PARAM = {"filter": "scorer", "random": "n", "balance": "n", "diversity": "n", "dedup": "method",
+              "distill": "teacher", "best_of_k": "policy"}
+
+
+def _step(raw, arm: str, i: int) -> tuple[str, dict]:
+    """'dedup' | {dedup: {...}} | {filter: verifier}; parameters are checked against the step's known keys, and a
+    model's fingerprint joins the parameters (a changed teacher gives a new data set id)."""
+    where = f"arms.{arm}.steps.{i}"
+    if isinstance(raw, str):
+        name, params = raw, {}
+    elif isinstance(raw, dict) and len(raw) == 1:
+        name, params = next(iter(raw.items()))
+    else:
+        raise SpecError(f"{where}: expected a step name or a one-key mapping, got {raw!r}")
+    if name not in curate.STEPS:
+        raise SpecError(f"{where}: unknown step {name!r}; expected one of {', '.join(curate.STEPS)}")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        if name not in MAIN_PARAM:
+            raise SpecError(f"{where}.{name}: expected a mapping of parameters, got {params!r}")
+        params = {MAIN_PARAM[name]: params}
+    unknown = sorted(set(params) - curate.STEP_KEYS[name])
+    if unknown:
+        raise SpecError(f"{where}.{name}.{unknown[0]}: unknown key; expected one of "
+                        f"{', '.join(sorted(curate.STEP_KEYS[name]))}")
+    scorer = params.get("scorer")
+    if scorer is not None and scorer not in curate.SCORERS:
+        raise SpecError(f"{where}.{name}.scorer: unknown scorer {scorer!r}; expected one of "
+                        f"{', '.join(curate.SCORERS)}")
+    for key in curate.MODEL_KEYS:
+        if key in params:
+            try:
+                params = {**params, f"{key}_fingerprint": models.resolve(str(params[key])).fingerprint}
+            except models.ModelError as e:
+                raise SpecError(f"{where}.{name}.{key}: {e}") from None
+    return name, params
+
+
+def resolve_recipes(m: Matrix, skip_bad: bool = False) -> dict[str, Recipe]:
+    """Arm name -> Recipe with a content id; arms referring to others (random like: X) are resolved after X.
+    skip_bad: skip malformed rows of every user-data source (`harness data build --skip-bad`)."""
+    out: dict[str, Recipe] = {}
+    visiting: set[str] = set()
+
+    def resolve(arm: str) -> Recipe:
+        if arm in out:
+            return out[arm]
+        if arm in visiting:
+            raise SpecError(f"arms.{arm}: circular reference through `like`")
+        visiting.add(arm)
+        spec = m.arms[arm]
+        source = _source_spec(spec.source, m, arm, skip_bad)
+        steps = []
+        for i, raw in enumerate(spec.steps):
+            name, params = _step(raw, arm, i)
+            if "like" in params:
+                if params["like"] not in m.arms:
+                    raise SpecError(f"arms.{arm}.steps.{i}.like: unknown arm {params['like']!r}; "
+                                    f"expected one of {', '.join(m.arms)}")
+                params = {**params, "like_dataset": resolve(params["like"]).id}
+            steps.append((name, params))
+        seed = source.get("seed", 0)
+        # the data's content (sha256 / fingerprint), not where it lies, identifies a user file
+        rid = content_id({"source": {k: v for k, v in source.items() if k != "path"},
+                          "steps": [[n, {k: v for k, v in p.items() if k != "like"}] for n, p in steps]})
+        out[arm] = Recipe(source, steps, seed, rid)
+        visiting.discard(arm)
+        return out[arm]
+
+    for arm in m.arms:
+        resolve(arm)
+    return out
+
+
+RECIPE_KEYS = {"name", "source", "steps", "sources"}
+
+
+def load_recipe(path: Path, arm: str | None = None, skip_bad: bool = False) -> tuple[dict[str, Recipe], str]:
+    """A recipe file -> (recipes, the arm to build). The file is one arm's {source, steps} (with optional `sources:`
+    and `name:`), or a matrix file, whose arm `arm` is built (with the arms it refers to)."""
+    from harness.spec import load_matrix
+
+    if not path.exists():
+        raise SpecError(f"{path}: file not found (expected a recipe YAML with source and steps, or a matrix file)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    if isinstance(raw, dict) and "arms" in raw:
+        m = load_matrix(path)
+        if arm is None or arm not in m.arms:
+            raise SpecError(f"{path}: a matrix file; pass --arm with one of {', '.join(m.arms)}")
+    else:
+        if not isinstance(raw, dict) or "source" not in raw and "steps" not in raw:
+            raise SpecError(f"{path}: expected a mapping with source and steps (or a matrix file with arms)")
+        unknown = sorted(set(raw) - RECIPE_KEYS)
+        if unknown:
+            raise SpecError(f"{path}: {unknown[0]}: unknown key; expected one of {', '.join(sorted(RECIPE_KEYS))}")
+        source, steps, sources = raw.get("source", "skills_pool"), raw.get("steps") or [], raw.get("sources") or {}
+        if not isinstance(source, str) or not isinstance(steps, list) or not isinstance(sources, dict) \
+                or not all(isinstance(v, dict) for v in sources.values()):
+            raise SpecError(f"{path}: expected source: a string, steps: a list, sources: a mapping of mappings")
+        arm = arm or str(raw.get("name", path.stem))
+        m = resolve_paths(Matrix(name=arm, sources=sources, arms={arm: Arm(source, steps)}), path.resolve().parent)
+    recipes = resolve_recipes(m, skip_bad)
+    return recipes, arm
