@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path

@@ -31,6 +31,7 @@ from typing import Iterator
 from harness.run.jobs import Evaluating, Event, ExecutorError, ExecutorInfo, Finished, Job, Note, Started, Step
 from harness.spec import Run
 
+STALL_S = 600  # how long cells may wait with no worker up at all (a lost node's replacement may need a new node)
 INSTALL = "--executor ray needs Ray, which is not installed: pip install -e '.[ray]' (or pip install ray==2.60.0)"
 
 
@@ -182,8 +183,10 @@ class RayExecutor:
         try:
             for _ in range(slots):
                 spawn()
+            alive_at = time.monotonic()
             while pending or busy:
                 done, _ = ray.wait(list(starting) + list(busy), num_returns=1, timeout=0.25)
+                out: list[Event] = []  # yielded after the next cells are handed out: actors compute while we ingest
                 for ref in done:
                     if ref in starting:
                         actor = starting.pop(ref)
@@ -191,7 +194,7 @@ class RayExecutor:
                             names[actor] = ray.get(ref)
                             sees = ray.get(actor.sees.remote(str(marker), token)) if self.share is not False else False
                         except ray.exceptions.RayActorError as e:
-                            yield Note(f"a Ray worker could not start ({_reason(e)}); starting another")
+                            out.append(Note(f"a Ray worker could not start ({_reason(e)}); starting another"))
                             spawn()
                             continue
                         shared[actor] = sees
@@ -206,23 +209,23 @@ class RayExecutor:
                         spawn()  # a replacement; it waits for room on the cluster if the node is gone
                         attempts[job.id] = attempts.get(job.id, 0) + 1
                         if attempts[job.id] <= self.opts.retries:
-                            yield Note(f"cell {job.label} ({job.id}): its Ray worker ({names[actor]}) died "
-                                       f"({_reason(e)}); retry {attempts[job.id]} of {self.opts.retries}")
+                            out.append(Note(f"cell {job.label} ({job.id}): its Ray worker ({names[actor]}) died "
+                                            f"({_reason(e)}); retry {attempts[job.id]} of {self.opts.retries}"))
                             pending.appendleft(job)
                         else:
-                            yield Finished(job, "failed", f"its Ray worker died {attempts[job.id]} times; last: "
-                                           f"{_reason(e)}", None)
+                            out.append(Finished(job, "failed", f"its Ray worker died {attempts[job.id]} times; "
+                                                f"last: {_reason(e)}", None))
                         continue
                     except ray.exceptions.RayTaskError as e:  # outside the recipe (which records its own errors)
                         idle.append(actor)
                         cause = e.cause if e.cause is not None else e
-                        yield Finished(job, "failed", f"{type(cause).__name__}: {cause}", None)
+                        out.append(Finished(job, "failed", f"{type(cause).__name__}: {cause}", None))
                         continue
                     idle.append(actor)
                     if blob is not None:
                         _unpack(blob, results / "runs" / job.id)
-                    yield Finished(job, row["status"], row["error"], results / "runs" / job.id)
-                while idle and pending:  # the next cell first: the actor computes while the driver ingests
+                    out.append(Finished(job, row["status"], row["error"], results / "runs" / job.id))
+                while idle and pending:
                     actor, job = idle.pop(), pending.popleft()
                     inputs = {}
                     if not shared[actor]:
@@ -231,9 +234,15 @@ class RayExecutor:
                                 blobs[rel] = ray.put(_pack(results / rel))
                             inputs[rel] = blobs[rel]
                     busy[actor.run.remote(job, str(results) if shared[actor] else None, inputs)] = (actor, job)
-                    yield Started(job, names[actor])
-                for ev in self._drain(progress, by_id, busy):
-                    yield ev
+                    out.append(Started(job, names[actor]))
+                if idle or busy:
+                    alive_at = time.monotonic()
+                elif time.monotonic() - alive_at > STALL_S:  # every worker is gone and none can start again
+                    out += [Finished(job, "failed", f"no Ray worker could start for {STALL_S} s (cluster: "
+                                     f"{dict(ray.available_resources())}, a cell needs {request})", None)
+                            for job in pending]
+                    pending.clear()
+                yield from out + self._drain(progress, by_id, busy)
         finally:
             for actor in list(starting.values()) + idle + [a for a, _ in busy.values()]:
                 ray.kill(actor)
