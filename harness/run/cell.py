@@ -258,12 +258,12 @@ def run_job(job: Job, results: Path, emit) -> dict:
             emit(Evaluating(job))
             t2 = time.perf_counter()
             ev = cfg["eval"]
-            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], limit=ev["limit"],
+            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
                               batch_size=ev["batch_size"], device=device, autocast=dtype)
             row["eval_seconds"] = time.perf_counter() - t2
         peak = cost.peak_flops(row["env"].get("gpu"))
         if peak and row.get("train_flops"):
-            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak)
+            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak * cfg["train"]["devices"])
         _write_parquet([{"step": r.step, "loss": r.loss, "lr": r.lr, "tokens": r.tokens,
                          "label_tokens": r.label_tokens, "seconds": r.seconds} for r in curve],
                        tmp / "train_steps.parquet",

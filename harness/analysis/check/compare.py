@@ -24,7 +24,7 @@ import pandas as pd
 
 from harness.analysis import stats
 from harness.analysis.check.policy import CheckError, Fail, GATE_WORDS, Policy
-from harness.analysis.check.sides import Side, applies, json_value, metrics, plain, values
+from harness.analysis.check.sides import Side, applies, boot_values, json_value, metric_list, plain
 from harness.spec import SpecError
 
 
@@ -153,7 +153,7 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
 
     # both sides restricted to the tasks in common; resamples shared where the examples are the same (paired)
     b_s, c_s = (dataclasses.replace(x, tasks={t: x.tasks[t] for t in common}) for x in (b, c))
-    mets = metrics(b_s)
+    mets = metric_list(b_s)
     paired_ex = {t: baseline.examples[t] == candidate.examples[t] and
                  np.array_equal(b_s.tasks[t].doc_ids, c_s.tasks[t].doc_ids) for t in common}
     counts_b = {t: stats.example_counts(len(b_s.tasks[t].doc_ids), opts, t) for t in common}
@@ -162,12 +162,12 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
     unpaired_tasks = [t for t in common if not paired_ex[t]]
     if unpaired_tasks:
         notes.append(f"examples differ in {', '.join(unpaired_tasks)}: compared unpaired over those examples")
-    vb, vc = values(b_s, counts_b, mets), values(c_s, counts_c, mets)
+    vb, vc = boot_values(b_s, counts_b, mets), boot_values(c_s, counts_c, mets)
 
     rows = []
     for cell in cells:
-        gb = b_s.runs[b_s.runs["cell"] == cell].sortvalues("seed")
-        gc = c_s.runs[c_s.runs["cell"] == cell].sortvalues("seed")
+        gb = b_s.runs[b_s.runs["cell"] == cell].sort_values("seed")
+        gc = c_s.runs[c_s.runs["cell"] == cell].sort_values("seed")
         seeds_b, seeds_c = [plain(x) for x in gb["seed"]], [plain(x) for x in gc["seed"]]
         both = [x for x in seeds_b if x in seeds_c]
         if both:  # paired by seed: the same seeds on both sides, in the same order (the base model: seed None)

@@ -103,7 +103,7 @@ def to_json(side: Side, opts: stats.Options) -> dict:
     cell's level per metric with its interval (for reading; the check recomputes from the scores)."""
     s, runs = side.scores, side.scores.runs
     levels = {cell: {m: dict(zip(("value", "ci_low", "ci_high"), v)) | {"n_examples": n} for m, (v, n) in ms.items()}
-              for cell, ms in levels(side, opts).items()}
+              for cell, ms in cell_levels(side, opts).items()}
     return {
         "format": FORMAT, "harness_version": __version__,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -187,7 +187,7 @@ def load_side(value: str, db: Path, what: str) -> Side:
         raise CheckError(f"--{what} {value}: {e}") from None
 
 
-def metrics(s: stats.Scores) -> list[stats.Metric]:
+def metric_list(s: stats.Scores) -> list[stats.Metric]:
     """learn, forget and each task's primary metric (stats.metrics_for's definitions)."""
     return [m for m in stats.metrics_for(s) if m.name != "learn_gain" and not m.name.endswith(":vs_base")]
 
@@ -197,7 +197,7 @@ def base_rows(runs: pd.DataFrame) -> np.ndarray:
     return np.array([row_of.get(b, r) for b, r in zip(runs["base_run_id"], runs["row"])])
 
 
-def values(s: stats.Scores, counts: dict[str, np.ndarray], metrics: list[stats.Metric]) -> dict[str, np.ndarray]:
+def boot_values(s: stats.Scores, counts: dict[str, np.ndarray], metrics: list[stats.Metric]) -> dict[str, np.ndarray]:
     """(runs, B + 1) bootstrap values of each metric, from the given example resamples of each task."""
     means = {t: stats.boot_means(task.scores, counts[t], task.weights) for t, task in s.tasks.items()}
     return {m.name: stats.metric_samples(m, means, base_rows(s.runs)) for m in metrics}
@@ -208,13 +208,13 @@ def applies(m: stats.Metric, cell: str) -> bool:
     return not (m.vs_base and cell.endswith("/base"))
 
 
-def levels(side: Side, opts: stats.Options) -> dict[str, dict[str, tuple[tuple, int]]]:
+def cell_levels(side: Side, opts: stats.Options) -> dict[str, dict[str, tuple[tuple, int]]]:
     """cell -> metric -> ((value, ci_low, ci_high), n examples): the numbers `harness report` shows for an arm."""
     s = side.scores
-    mets = metrics(s)
-    values = values(s, {t: stats.example_counts(len(task.doc_ids), opts, t) for t, task in s.tasks.items()}, mets)
+    mets = metric_list(s)
+    values = boot_values(s, {t: stats.example_counts(len(task.doc_ids), opts, t) for t, task in s.tasks.items()}, mets)
     out: dict = {}
-    for cell, g in s.runs.sortvalues("seed").groupby("cell", sort=False):
+    for cell, g in s.runs.sort_values("seed").groupby("cell", sort=False):
         rows = g["row"].to_numpy()
         sc = stats.seed_counts(len(rows), opts.n_boot, opts.seed)
         out[cell] = {m.name: (stats.interval(stats.over_seeds(values[m.name][rows], sc), opts.confidence),
