@@ -50,7 +50,7 @@ def child(args) -> dict:
     from harness.data import world
     from harness.spec import Method
     from harness.train.sft import attention_for, autocast_dtype, batch_order, collate, encode_example, optimize
-    from harness.worker import prepare_method
+    from harness.run.cell import prepare_method
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(os.cpu_count() or 1)

@@ -79,6 +79,20 @@ class Eval:
 
 
 @dataclass(frozen=True)
+class Run:
+    """Where the cells run (`harness matrix run --executor`; README "Running on a cluster"). Never part of a cell's
+    id: a cell gives the same result on every executor."""
+    executor: Literal["local", "ray", "slurm"] = "local"  # HARNESS_EXECUTOR and --executor override it
+    workers: int = 0  # cells at once (0: local: one per core for built-in models, else 1; ray: as the cluster fits)
+    gpus: int | None = None  # GPUs per cell (ray: default 1 when the cluster has GPUs, else 0; slurm: default 0)
+    address: str | None = None  # ray: a running cluster ("auto", "ray://head:10001"); none: start Ray on this machine
+    retries: int = 2  # ray: reruns of a cell whose worker died (lost node, OOM, kill -9) before it is recorded failed
+    partition: str | None = None  # slurm
+    account: str | None = None  # slurm
+    time_minutes: int = 120  # slurm: the time limit of one cell
+
+
+@dataclass(frozen=True)
 class Matrix:
     name: str = "matrix"
     models: list[str] = field(default_factory=lambda: ["tiny"])  # aliases (`harness models`) or local HF folders
@@ -90,6 +104,7 @@ class Matrix:
     train: Train = field(default_factory=Train)
     eval: Eval = field(default_factory=Eval)
     keep_weights: Literal["all", "lora", "none"] = "all"  # "lora": drop full fine-tunes' weights (large models)
+    run: Run = field(default_factory=Run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,6 +297,11 @@ def _check(m: Matrix, ctx: _Ctx) -> None:
             ctx.fail(("methods", name), "expected LoRA r > 0 and alpha > 0")
     if not m.eval.learn and not m.eval.forget:
         ctx.fail(("eval",), "expected at least one learn or forget task")
+    for k in ("workers", "gpus", "retries"):
+        if (getattr(m.run, k) or 0) < 0:
+            ctx.fail(("run", k), "expected an integer >= 0")
+    if m.run.time_minutes <= 0:
+        ctx.fail(("run", "time_minutes"), "expected a positive integer")
 
 
 def presets() -> list[str]:

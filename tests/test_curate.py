@@ -371,7 +371,7 @@ def test_data_build_and_show_through_the_cli(tmp_path):
 
 def test_quality_vs_quantity_preset_resolves():
     """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
-    from harness.runner import plan
+    from harness.run.plan import plan
     from harness.spec import PRESETS_DIR
 
     path = PRESETS_DIR / "quality-vs-quantity.yaml"

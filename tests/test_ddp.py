@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from harness.data import world
 from harness.cli import app
 from harness.train.sft import batch_order, collate, encode_example, optimize, step_batches
-from harness.worker import train_cell
+from harness.run.cell import train_cell
 
 
 def _examples(tokenizer, n):

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.runner import plan
+from harness.run.plan import plan
 from harness.spec import SpecError, load_matrix
 
 TEMPLATE = """\

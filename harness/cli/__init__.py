@@ -54,7 +54,9 @@ IncludeOpt = typer.Option([], "--include", help="A folder of your own lm-eval ta
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # messages quote [brackets]
     return typer.Exit(code)
 
 
@@ -65,9 +67,10 @@ def _db(db: Path | None, results: Path) -> Path:
 def _input_errors():
     from harness.data.curate import RecipeError
     from harness.models import ModelError
+    from harness.run.jobs import ExecutorError
     from harness.spec import SpecError
 
-    return SpecError, ModelError, RecipeError
+    return SpecError, ModelError, RecipeError, ExecutorError
 
 
 def print_table(columns: list[str], rows: list[tuple], title: str | None = None, console: Console = out) -> None:
@@ -80,13 +83,13 @@ def print_table(columns: list[str], rows: list[tuple], title: str | None = None,
 
 
 def _load_plan(file: Optional[Path], include: list[Path] = ()):
-    from harness import runner
+    from harness.run.plan import plan
     from harness.spec import load_matrix
 
     try:
         m = load_matrix(file)
         m = dataclasses.replace(m, eval=dataclasses.replace(m.eval, include=m.eval.include + [str(d) for d in include]))
-        return runner.plan(m)
+        return plan(m)
     except _input_errors() as e:
         raise fail(str(e)) from None
 
@@ -95,15 +98,15 @@ def _load_plan(file: Optional[Path], include: list[Path] = ()):
 def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                 include: list[Path] = IncludeOpt, results: Path = ResultsOpt) -> None:
     """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
-    from harness import runner
+    from harness.run import plan
     from harness.spec import matched_description
 
     p = _load_plan(file, include)
-    rows = runner.plan_table(p, results)
+    rows = plan.plan_table(p, results)
     print_table(["cell id", "model", "method", "arm", "seed", "status"], [tuple(r.values()) for r in rows],
                 title=f"matrix {p.matrix.name}: {len(rows)} cells ({len(p.cells)} trained + {len(p.bases)} base)")
     out.print("[bold]data arms[/]")
-    for line in runner.recipe_lines(p):
+    for line in plan.recipe_lines(p):
         out.print(f"  {line}", highlight=False)
     out.print("[bold]matched between cells[/]")
     for line in matched_description(p.matrix):
@@ -113,21 +116,41 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
 @matrix_app.command("run")
 def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                force: bool = typer.Option(False, "--force", help="Rerun finished cells too."),
-               workers: int = typer.Option(0, "--workers", help="Worker processes (0: automatic)."),
+               executor: Optional[str] = typer.Option(None, "--executor", help="Where cells run: local (worker "
+                                                      "processes here), ray or slurm (default: the matrix's "
+                                                      "run.executor, env HARNESS_EXECUTOR, else local)."),
+               workers: Optional[int] = typer.Option(None, "--workers", help="Cells at once (0: automatic)."),
+               address: Optional[str] = typer.Option(None, "--address", help="ray: a running cluster's address "
+                                                     "(default: start Ray on this machine)."),
+               retries: Optional[int] = typer.Option(None, "--retries", help="ray: reruns of a cell whose worker "
+                                                     "died, before it is recorded failed (default 2)."),
+               gpus: Optional[int] = typer.Option(None, "--gpus-per-cell", help="GPUs per cell (ray: default 1 "
+                                                  "when the cluster has GPUs; slurm: default 0)."),
+               partition: Optional[str] = typer.Option(None, "--partition", help="slurm: the partition."),
+               account: Optional[str] = typer.Option(None, "--account", help="slurm: the account."),
+               time_minutes: Optional[int] = typer.Option(None, "--time", help="slurm: minutes per cell (default "
+                                                          "120)."),
+               dry_run: bool = typer.Option(False, "--dry-run", help="Show the pending cells (and, for slurm, the "
+                                            "sbatch script) without running anything."),
                include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Train and evaluate every unfinished cell, ingest the results, print the summary."""
     import time
 
-    from harness import runner
+    from harness import store
+    from harness.run import runner
 
     t0 = time.perf_counter()
     p = _load_plan(file, include)
     path = _db(db, results)
     try:
-        stats = runner.execute(p, results, path, force=force, workers=workers, console=err)
+        opts = runner.run_options(p, executor, workers=workers, address=address, retries=retries, gpus=gpus,
+                                  partition=partition, account=account, time_minutes=time_minutes)
+        stats = runner.execute(p, results, path, opts, force=force, dry_run=dry_run, console=err)
     except _input_errors() as e:
         raise fail(str(e)) from None
-    cols, rows = runner.summary_rows(path, p.matrix.name)
+    if dry_run:
+        return
+    cols, rows = store.summary_rows(path, p.matrix.name)
     print_table(cols, rows, title=f"summary of {p.matrix.name} (learn: mean exact match on learn tasks; "
                                   f"forget: relative loss of the base's forget-task scores)")
     if stats.cells_run:
@@ -242,8 +265,9 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
              limit: Optional[int] = typer.Option(None, help="Examples per task."),
              include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Score a saved model or adapter with the same tasks and code as a matrix cell, and store the run."""
-    from harness import runner, store
+    from harness import store
     from harness.eval.tasks import resolve_tasks, task_fingerprint
+    from harness.run import runner
     from harness.models import resolve
     from harness.spec import BaseEval, Eval, Matrix, content_id
 
@@ -257,10 +281,11 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
     payload = {"model": model, "fp": ref.fingerprint, "eval": dataclasses.asdict(ev),
                "tasks": task_fingerprint(ev.learn + ev.forget, ev.include), "precision": "auto"}
     job = BaseEval(content_id(payload), model, ref.fingerprint, ev, "auto")
-    from harness.worker import run_job
+    from harness.run.cell import run_job
+    from harness.run.jobs import Job
 
-    row = run_job({"id": job.id, "kind": "base", "config": job.config(), "threads": os.cpu_count() or 1,
-                   "harness_version": __import__("harness").__version__}, results, lambda e: None)
+    row = run_job(Job(job.id, "base", job.config(), f"eval {model}", None, os.cpu_count() or 1,
+                      __import__("harness").__version__), results, lambda e: None)
     path = _db(db, results)
     runner.ingest(path, results, [job.id], matrix="eval")
     if row["status"] != "ok":

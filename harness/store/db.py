@@ -137,6 +137,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         allowed DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, paired VARCHAR, status VARCHAR, policy JSON,
         PRIMARY KEY (check_id, cell, metric));
     """),
+    ("executors", """
+    ALTER TABLE matrix_runs ADD COLUMN executor VARCHAR;       -- local | ray | slurm
+    -- compute by kind (cells; curation: data steps that ran models, counted as compute, not overhead)
+    ALTER TABLE matrix_runs ADD COLUMN compute_parts JSON;
+    """),
 ]
 
 
@@ -268,6 +273,42 @@ def ingested_ok(con, run_ids: list[str]) -> set[str]:
     rows = con.execute("SELECT run_id FROM runs WHERE status = 'ok' AND run_id IN (SELECT unnest(?))",
                        [run_ids]).fetchall()
     return {r for (r,) in rows}
+
+
+def adopt_finished(con, matrix: str, results: Path, finished: set[str], all_ids: list[str]) -> None:
+    """Before a matrix runs: ingest finished cells a kill left un-ingested, claim finished cells shared with another
+    matrix, and drop cells the matrix file no longer has (their runs stay in `runs` and come back when the config
+    does), so the summary shows one row per cell."""
+    for rid in finished - ingested_ok(con, list(finished)):
+        ingest_run(con, results / "runs" / rid, matrix)
+    for rid in finished:
+        con.execute("INSERT OR IGNORE INTO matrix_cells VALUES (?, ?)", [matrix, rid])
+    con.execute("DELETE FROM matrix_cells WHERE matrix = ? AND run_id NOT IN (SELECT unnest(?))", [matrix, all_ids])
+
+
+def cell_scores(con, run_id: str) -> tuple[float | None, float | None]:
+    """(learn, forget) of one ingested run, as the summary view has them."""
+    row = con.execute("SELECT learn, forget FROM summary WHERE run_id = ? LIMIT 1", [run_id]).fetchone()
+    return row if row else (None, None)
+
+
+def record_matrix_run(con, matrix: str, executor: str, cells_run: int, failed: int, workers: int, wall: float,
+                      compute: float, overhead: float, overhead_parts: dict, compute_parts: dict) -> None:
+    con.execute("INSERT INTO matrix_runs (matrix, finished_at, cells_run, failed, workers, wall_seconds, "
+                "compute_seconds, overhead_seconds, overhead_parts, compute_parts, executor) "
+                "VALUES (?, current_timestamp, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [matrix, cells_run, failed, workers, wall, compute, overhead, json.dumps(overhead_parts),
+                 json.dumps(compute_parts), executor])
+
+
+def summary_rows(db: Path, matrix: str) -> tuple[list[str], list[tuple]]:
+    with reader(db) as con:
+        cur = con.execute("""
+            SELECT method, arm, seed, round(learn, 3) AS learn, round(learn_gain, 3) AS learn_vs_base,
+                   round(forget, 3) AS forget, examples, steps, round(train_seconds, 1) AS train_s, status
+            FROM summary WHERE matrix = ?
+            ORDER BY method_kind = 'base' DESC, method, arm, seed""", [matrix])
+        return [d[0] for d in cur.description], cur.fetchall()
 
 
 def query(path: Path, sql: str):

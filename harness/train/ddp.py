@@ -26,7 +26,7 @@ def train(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step
     from safetensors.torch import load_file
 
     from harness.train.sft import StepRecord
-    from harness.worker import prepare_method
+    from harness.run.cell import prepare_method
 
     n = cfg["train"]["devices"]
     if device.startswith("cuda") and n > torch.cuda.device_count():
@@ -80,7 +80,9 @@ def main(job_path: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from harness.worker import train_cell  # first: importing the worker sets the offline environment
+    from harness.run.cell import set_environment, train_cell
+
+    set_environment()  # first: offline before any Hugging Face import
 
     from harness import models
     from harness.train.sft import attention_for, autocast_dtype

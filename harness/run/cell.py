@@ -1,8 +1,10 @@
-"""A cell worker: `python -m harness.worker RESULTS` reads jobs (JSON lines) on stdin and runs each one.
+"""The cell recipe, the same on every executor: load the model, prepare the method, train, save, evaluate, write
+the cell's folder.
 
-A job trains one cell (or evaluates a base model) and writes its artefacts to results/runs/.<id>.tmp-<pid>/, then
-renames that folder to results/runs/<id>/: a cell folder is complete or absent. Progress events go to the parent as
-JSON lines on the original stdout; everything libraries print goes to stderr (the worker's log file).
+A job trains one cell (or evaluates a base model) and writes its artefacts to results/runs/.<id>.tmp-<host>-<pid>/,
+then renames that folder to results/runs/<id>/: a cell folder is complete or absent, even when two nodes of a cluster
+share the results folder. Progress goes to `emit` as events (harness/run/jobs.py); how they reach the runner is the
+executor's business.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
 
 from harness.models import offline_env  # light: no torch
-
-for _k, _v in {**offline_env(), "TOKENIZERS_PARALLELISM": "false"}.items():  # offline unless HARNESS_ONLINE=1
-    os.environ.setdefault(_k, _v)
+from harness.run.jobs import Evaluating, Job, Step
 
 
-class ParentGone(RuntimeError):
-    pass
+def set_environment() -> None:
+    """Offline unless HARNESS_ONLINE=1; tokenizers' own threads off (each cell process has its torch threads)."""
+    for k, v in {**offline_env(), "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(k, v)
+
+
+class Abandoned(Exception):
+    """Raised by an executor's `emit` when nobody waits for the cell any more: the cell stops and leaves no folder."""
 
 
 def _now() -> str:
@@ -165,7 +170,46 @@ def save_weights(model, tokenizer, cfg: dict, ref, tmp: Path, final: Path) -> tu
     return (model.merge_and_unload() if lora else model), out  # evaluate merged weights: same function, faster
 
 
-def run_job(job: dict, results: Path, emit) -> dict:
+def identity(job: Job) -> dict:
+    """The result row's columns that the job alone determines."""
+    cfg = job.config
+    return {"run_id": job.id, "kind": job.kind, "model": cfg["model"], "model_fingerprint": cfg["model_fingerprint"],
+            "method": cfg.get("method", "base"), "method_kind": cfg.get("method_cfg", {}).get("kind", "base"),
+            "arm": cfg.get("arm"), "dataset_id": cfg.get("dataset_id"), "seed": cfg.get("seed"),
+            "base_run_id": cfg.get("base_id", job.id), "config": cfg, "status": "running", "error": None,
+            "harness_version": job.harness_version}
+
+
+def _tmp_folder(results: Path, run_id: str) -> Path:
+    return results / "runs" / f".{run_id}.tmp-{platform.node()}-{os.getpid()}"
+
+
+def _place(tmp: Path, row: dict, final: Path) -> None:
+    (tmp / "result.json").write_text(json.dumps(row, indent=1, default=str))
+    shutil.rmtree(final, ignore_errors=True)  # an earlier failed attempt
+    os.replace(tmp, final)
+
+
+def write_failed(job: Job, results: Path, error: str) -> Path:
+    """The folder of a cell whose process died before it could write one (a lost node, OOM, kill -9), so that the
+    failure and its reason are recorded like any other; a rerun of the matrix runs the cell again."""
+    final = results / "runs" / job.id
+    tmp = _tmp_folder(results, job.id)
+    tmp.mkdir(parents=True, exist_ok=True)
+    _place(tmp, {**identity(job), "status": "failed", "error": error, "env": None, "finished_at": _now()}, final)
+    return final
+
+
+def warm_up() -> None:
+    """The heavy imports (~4 s), once per long-lived worker, before its first cell."""
+    set_environment()
+    import lm_eval.evaluator  # noqa: F401
+    import peft  # noqa: F401
+
+    import harness.eval.tasks  # noqa: F401
+
+
+def run_job(job: Job, results: Path, emit) -> dict:
     """Train (kind 'sft') and/or evaluate (every kind) one job; returns the result row written to result.json."""
     import pyarrow as pa
     import torch
@@ -175,31 +219,26 @@ def run_job(job: dict, results: Path, emit) -> dict:
     from harness.eval.tasks import evaluate
     from harness.train.sft import attention_for, autocast_dtype
 
-    run_id, cfg = job["id"], {**job["config"], "results": results}
-    parent = os.getppid()
+    set_environment()
+    run_id, cfg = job.id, {**job.config, "results": results}
     final = results / "runs" / run_id
-    tmp = results / "runs" / f".{run_id}.tmp-{os.getpid()}"
+    tmp = _tmp_folder(results, run_id)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(job["threads"])
-    precision = cfg["train"]["precision"] if job["kind"] == "sft" else cfg["precision"]
+    torch.set_num_threads(job.threads)
+    precision = cfg["train"]["precision"] if job.kind == "sft" else cfg["precision"]
     dtype = autocast_dtype(precision, device)
-    attention = attention_for(cfg["train"]["attention"] if job["kind"] == "sft" else "auto", device)
-    row = {"run_id": run_id, "kind": job["kind"], "model": cfg["model"], "model_fingerprint": cfg["model_fingerprint"],
-           "method": cfg.get("method", "base"), "method_kind": cfg.get("method_cfg", {}).get("kind", "base"),
-           "arm": cfg.get("arm"), "dataset_id": cfg.get("dataset_id"), "seed": cfg.get("seed"),
-           "base_run_id": cfg.get("base_id", run_id), "config": job["config"], "status": "running", "error": None,
-           "started_at": _now(), "env": environment(device, job["threads"], str(dtype) if dtype else None, attention),
-           "harness_version": job["harness_version"], "hardware": cost.hardware(device, job["threads"])}
+    attention = attention_for(cfg["train"]["attention"] if job.kind == "sft" else "auto", device)
+    row = {**identity(job), "started_at": _now(),
+           "env": environment(device, job.threads, str(dtype) if dtype else None, attention),
+           "hardware": cost.hardware(device, job.threads)}
     last = [0.0]
 
     def on_step(rec, total: int):
-        if os.getppid() != parent:
-            raise ParentGone("the harness process that started this worker is gone")
         if time.perf_counter() - last[0] > 0.5 or rec.step == total - 1:
             last[0] = time.perf_counter()
-            emit({"event": "step", "id": run_id, "step": rec.step + 1, "total": total, "loss": rec.loss})
+            emit(Step(job, rec.step + 1, total, rec.loss))
 
     t0 = time.perf_counter()
     memory = cost.PeakMemory(device)
@@ -211,12 +250,12 @@ def run_job(job: dict, results: Path, emit) -> dict:
             row["total_params"] = sum(p.numel() for p in model.parameters())
             row["prep_seconds"] = time.perf_counter() - t0
             curve = []
-            if job["kind"] == "sft":
-                model, curve, counts = train_cell(model, tokenizer, cfg, job["lr"], device, dtype, on_step)
+            if job.kind == "sft":
+                model, curve, counts = train_cell(model, tokenizer, cfg, job.lr, device, dtype, on_step)
                 row.update(counts, prep_seconds=row["prep_seconds"] + counts["prep_seconds"])
                 model, saved = save_weights(model, tokenizer, cfg, ref, tmp, final)
                 row.update(saved)
-            emit({"event": "eval", "id": run_id})
+            emit(Evaluating(job))
             t2 = time.perf_counter()
             ev = cfg["eval"]
             scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
@@ -239,7 +278,7 @@ def run_job(job: dict, results: Path, emit) -> dict:
                         "target": pa.string(), "response": pa.string(), "score": pa.float64(),
                         "metrics": pa.string()})
         row["status"] = "ok"
-    except ParentGone:
+    except Abandoned:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as e:  # the cell fails, the matrix goes on; the reason is kept with the cell
@@ -250,36 +289,7 @@ def run_job(job: dict, results: Path, emit) -> dict:
     row["wall_seconds"] = time.perf_counter() - t0
     row["peak_rss_bytes"], row["peak_gpu_bytes"] = memory.rss, memory.gpu
     # one device (or one CPU machine) per cell, train.devices of them for a data-parallel cell
-    row["device_hours"] = row["wall_seconds"] * (cfg["train"]["devices"] if job["kind"] == "sft" else 1) / 3600
+    row["device_hours"] = row["wall_seconds"] * (cfg["train"]["devices"] if job.kind == "sft" else 1) / 3600
     row["cost_usd"] = row["device_hours"] * cost.price_per_hour(row["hardware"])
-    (tmp / "result.json").write_text(json.dumps(row, indent=1, default=str))
-    shutil.rmtree(final, ignore_errors=True)  # an earlier failed attempt
-    os.replace(tmp, final)
+    _place(tmp, row, final)
     return row
-
-
-def main() -> None:
-    results = Path(sys.argv[1])
-    events = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # library prints go to the log, not into the event stream
-
-    def emit(event: dict) -> None:
-        events.write(json.dumps(event) + "\n")
-
-    import lm_eval.evaluator  # noqa: F401  the heavy imports, once per worker, before it says it is ready
-    import peft  # noqa: F401
-
-    import harness.eval.tasks  # noqa: F401
-    emit({"event": "ready"})
-    for line in sys.stdin:
-        job = json.loads(line)
-        emit({"event": "start", "id": job["id"]})
-        try:
-            row = run_job(job, results, emit)
-        except ParentGone:
-            return
-        emit({"event": "done", "id": job["id"], "status": row["status"], "error": row["error"]})
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,109 @@
+"""The Slurm executor: the pending cells go to Slurm as one job array, through submitit.
+
+Each array task runs one cell with the cell recipe and writes its folder under the results folder, which must be on
+a filesystem the compute nodes share with this machine: the driver polls the array and ingests each finished cell
+folder (it alone writes the database). submitit's job folder (pickled jobs, each task's stdout and stderr) is
+RESULTS/logs/slurm/. `--dry-run` prints the sbatch script instead of submitting it.
+
+Without Slurm, HARNESS_SUBMITIT_CLUSTER=local runs the array as real subprocesses on this machine and =debug in this
+process (submitit's own executors; that is how the tests run this path).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from harness.run.jobs import Event, ExecutorError, ExecutorInfo, Finished, Job, Started
+from harness.spec import Run
+
+INSTALL = "--executor slurm needs submitit, which is not installed: pip install -e '.[slurm]' (or pip install " \
+          "submitit==1.5.4)"
+POLL_S = 2.0  # between looks at the array's state: sacct once per look for the whole array (submitit batches it)
+
+
+def run_cell(job: Job, results: str) -> dict:
+    """One array task: the cell recipe, with progress to the task's log."""
+    from harness.run.cell import run_job
+
+    row = run_job(job, Path(results), lambda ev: None)
+    return {"status": row["status"], "error": row["error"]}
+
+
+def _reason(e: BaseException) -> str:
+    """One line: submitit's errors carry the whole remote traceback."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if not line.startswith(("File ", "raise ", "^"))), type(e).__name__)
+
+
+class SlurmExecutor:
+    def __init__(self, opts: Run, threads: int, results: Path, cluster: str | None = None):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ExecutorError(INSTALL) from None
+        self.opts = opts
+        self.cluster = cluster or os.environ.get("HARNESS_SUBMITIT_CLUSTER") or "slurm"
+        if self.cluster not in ("slurm", "local", "debug"):
+            raise ExecutorError(f"HARNESS_SUBMITIT_CLUSTER: expected slurm, local or debug, got {self.cluster!r}")
+        self.folder = results.resolve() / "logs" / "slurm"
+        self.info = ExecutorInfo("slurm", 0, threads)
+
+    def _parameters(self, n: int) -> dict:
+        """sbatch parameters of the array: one task per cell, each with its own GPUs and threads."""
+        return {"job_name": "harness", "time": self.opts.time_minutes, "cpus_per_task": self.info.threads,
+                "gpus_per_node": self.opts.gpus or None, "partition": self.opts.partition,
+                "account": self.opts.account, "array_parallelism": self.opts.workers or n, "nodes": 1,
+                "ntasks_per_node": 1}
+
+    def describe(self, jobs: list[Job], results: Path) -> str:
+        """The sbatch script this executor would submit for `jobs` (`--dry-run`)."""
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        folder = self.folder / "%j"  # as submitit names each job's folder
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        return _make_sbatch_string(command=command, folder=folder, map_count=len(jobs),
+                                   **{k: v for k, v in self._parameters(len(jobs)).items() if v is not None})
+
+    def run(self, jobs: list[Job], results: Path) -> Iterator[Event]:
+        import submitit
+
+        if self.cluster == "slurm" and submitit.AutoExecutor.which() != "slurm":
+            raise ExecutorError("--executor slurm: no Slurm on this machine (srun not found); run it on a login "
+                                "node, or set HARNESS_SUBMITIT_CLUSTER=local to run the array here")
+        ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
+        p = self._parameters(len(jobs))
+        ex.update_parameters(name=p["job_name"], timeout_min=p["time"], cpus_per_task=p["cpus_per_task"],
+                             gpus_per_node=p["gpus_per_node"] or 0, nodes=1, tasks_per_node=1,
+                             slurm_partition=p["partition"], slurm_account=p["account"],
+                             slurm_array_parallelism=p["array_parallelism"])
+        submitted = ex.map_array(run_cell, jobs, [str(results.resolve())] * len(jobs))
+        self.info.slots = min(p["array_parallelism"], len(jobs))
+        waiting = list(zip(jobs, submitted))
+        running: set[str] = set()
+        while waiting:
+            for job, sj in list(waiting):
+                if job.id not in running and (sj.done() or sj.state == "RUNNING"):
+                    running.add(job.id)
+                    yield Started(job, f"slurm {sj.job_id}")
+                if not sj.done():
+                    continue
+                waiting.remove((job, sj))
+                try:
+                    out = sj.result()
+                except Exception as e:  # the task died (timeout, node failure, preemption) or raised
+                    yield Finished(job, "failed", f"Slurm task {sj.job_id}: {_reason(e)} (log: "
+                                   f"{sj.paths.stderr})", None)
+                    continue
+                folder = results / "runs" / job.id
+                if not (folder / "result.json").exists():
+                    yield Finished(job, "failed", f"Slurm task {sj.job_id} finished but {folder} is not here: the "
+                                   f"results folder (--results) must be on a filesystem every node shares", None)
+                    continue
+                yield Finished(job, out["status"], out["error"], folder)
+            if waiting:
+                time.sleep(POLL_S)

@@ -1,0 +1,80 @@
+"""The runner around the executors: options, the plain progress lines of a non-terminal, run accounting."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import store
+from harness.cli import app
+from harness.run.plan import plan
+from harness.run.runner import RunStats, _curation_compute, run_options
+from harness.spec import SpecError, load_matrix, parse_matrix
+
+from conftest import CI_MATRIX
+
+runner = CliRunner()
+
+
+def test_where_cells_run_is_not_part_of_their_ids():
+    plain = plan(load_matrix(CI_MATRIX))
+    text = CI_MATRIX.read_text() + "run: {executor: ray, retries: 5, partition: gpu}\n"
+    elsewhere = plan(parse_matrix(text))
+    assert elsewhere.matrix.run.executor == "ray" and elsewhere.ids == plain.ids
+
+
+def test_executor_comes_from_flag_then_environment_then_matrix(monkeypatch):
+    p = plan(parse_matrix(CI_MATRIX.read_text() + "run: {executor: slurm, retries: 5}\n"))
+    monkeypatch.delenv("HARNESS_EXECUTOR", raising=False)
+    assert run_options(p).executor == "slurm"
+    monkeypatch.setenv("HARNESS_EXECUTOR", "ray")
+    assert run_options(p).executor == "ray" and run_options(p).retries == 5
+    assert run_options(p, "local", retries=None, workers=3).executor == "local"
+    assert run_options(p, "local", workers=3).workers == 3
+    monkeypatch.setenv("HARNESS_EXECUTOR", "kubernetes")
+    with pytest.raises(SpecError, match="HARNESS_EXECUTOR: expected one of local, ray, slurm, got 'kubernetes'"):
+        run_options(p)
+
+
+def test_bad_executor_is_one_line_exit_2(tmp_path):
+    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "mpi", "--results", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.strip() == "error: --executor: expected one of local, ray, slurm, got 'mpi'"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CI_MATRIX.read_text() + "run: {executor: mpi}\n")
+    res = runner.invoke(app, ["matrix", "run", str(bad), "--results", str(tmp_path)])
+    assert res.exit_code == 2 and "bad.yaml:16: run.executor: expected 'local' or 'ray' or 'slurm'" in res.output
+    assert not (tmp_path / "harness.duckdb").exists()
+
+
+def test_a_log_gets_one_plain_line_per_finished_cell(ci_run):
+    """CliRunner's stderr is not a terminal, like a CI log: no bars, one line per cell with k/n and its scores."""
+    lines = [line for line in ci_run[1].splitlines() if line.startswith("cell ")]
+    assert [line.split()[1] for line in lines] == [f"{k}/5" for k in range(1, 6)]
+    assert all(" learn " in line and " forget " in line and line.endswith("s)") for line in lines)
+    assert not any(line.startswith("cells ") for line in ci_run[1].splitlines())  # the terminal's overall bar
+
+
+def test_matrix_runs_records_the_executor_and_compute_parts(ci_run):
+    with store.reader(ci_run[0] / "harness.duckdb") as con:
+        executor, parts, compute, overhead, wall = con.execute(
+            "SELECT executor, compute_parts, compute_seconds, overhead_seconds, wall_seconds FROM matrix_runs"
+        ).fetchone()
+    parts = json.loads(parts)
+    assert executor == "local" and set(parts) == {"base pretraining", "curation", "cells"}
+    assert compute == pytest.approx(sum(parts.values())) and compute + overhead == pytest.approx(wall)
+
+
+def test_curation_that_ran_models_is_compute(tmp_path):
+    """A step's model time counts as compute, bounded by the step's wall time (cached generations are counted at
+    their original cost in compute_seconds, but did not cost this run anything)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    steps = [{"step": "best_of_k", "seconds": 5.0, "compute_seconds": 4.0},
+             {"step": "distill", "seconds": 1.0, "compute_seconds": 30.0},  # cached: 30 s once, 1 s now
+             {"step": "dedup", "seconds": 0.5}]
+    (folder / "card.json").write_text(json.dumps({"steps": steps}))
+    assert _curation_compute([folder]) == 5.0
+    stats = RunStats(wall_seconds=100.0, compute={"cells": 90.0, "curation": 5.0}, parts={"data": 2.0})
+    assert stats.overhead_seconds == 5.0
+    assert stats.line() == ("harness overhead: 5.0s of 100.0s wall (5.0%); compute 95.0s (cells 90.0s, curation "
+                            "5.0s); of the overhead: data 2.0s")

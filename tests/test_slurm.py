@@ -1,0 +1,90 @@
+"""The Slurm executor without Slurm: the sbatch script a dry run shows, then the same job array through submitit's
+local executor (real subprocesses) and its debug executor (in this process), each ingested like any cell."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import store
+from harness.cli import app
+
+from conftest import CI_MATRIX
+
+runner = CliRunner()
+
+
+def _fresh(ci_run, tmp_path) -> Path:
+    results = tmp_path / "results"
+    for sub in ("bases", "data"):
+        shutil.copytree(ci_run[0] / sub, results / sub)
+    return results
+
+
+def _scores(db: Path) -> list[tuple]:
+    with store.reader(db) as con:
+        return con.execute("SELECT run_id, task, doc_id, response, score FROM samples ORDER BY ALL").fetchall()
+
+
+def test_slurm_without_the_extra_is_one_line_exit_2(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "slurm", "--results", str(tmp_path)])
+    assert res.exit_code == 2
+    assert len(res.output.strip().splitlines()) == 1 and "pip install -e '.[slurm]'" in res.output
+
+
+def test_dry_run_shows_the_sbatch_script_and_writes_nothing(tmp_path):
+    pytest.importorskip("submitit")
+    results = tmp_path / "results"
+    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "slurm", "--partition", "gpu",
+                              "--account", "lab", "--time", "30", "--gpus-per-cell", "1", "--dry-run",
+                              "--results", str(results)])
+    assert res.exit_code == 0, res.output
+    script = res.output[res.output.index("#!/bin/bash"):]
+    for line in ("#SBATCH --array=0-4%5", "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=30",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=", "#SBATCH --nodes=1",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=harness"):
+        assert line in script, line
+    assert f"-m submitit.core._submit {(results / 'logs' / 'slurm').resolve()}/%j" in script
+    assert "5 of 5 cells to run on the slurm executor" in res.output
+    assert not results.exists()  # a dry run writes nothing
+
+
+@pytest.mark.slow
+def test_slurm_array_through_submitits_local_executor_is_ingested(ci_run, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("HARNESS_SUBMITIT_CLUSTER", "local")
+    results = _fresh(ci_run, tmp_path)
+    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "slurm", "--workers", "2",
+                              "--results", str(results)])
+    assert res.exit_code == 0, res.output
+    assert "cell 5/5" in res.output
+    assert _scores(results / "harness.duckdb") == _scores(ci_run[0] / "harness.duckdb")
+    assert len(list((results / "logs" / "slurm").glob("*/*_log.out"))) == 5  # each array task's own log
+
+
+@pytest.mark.slow
+def test_slurm_debug_executor_runs_in_process(ci_run, tmp_path):
+    submitit = pytest.importorskip("submitit")  # noqa: F841
+    import torch
+
+    from harness.run.jobs import Finished
+    from harness.run.plan import jobs_for, plan
+    from harness.run.slurm import SlurmExecutor
+    from harness.spec import Run, load_matrix
+
+    results = _fresh(ci_run, tmp_path)
+    p = plan(load_matrix(CI_MATRIX))
+    jobs = jobs_for(p, {p.bases[0].id}, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        events = list(SlurmExecutor(Run(executor="slurm"), 1, results, cluster="debug").run(jobs, results))
+    finally:
+        torch.set_num_threads(threads)  # the cell ran in this process
+    assert events[-1] == Finished(jobs[0], "ok", None, results / "runs" / jobs[0].id)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(results / "runs" / jobs[0].id / "samples.parquet").to_pylist() == \
+        pq.read_table(ci_run[0] / "runs" / jobs[0].id / "samples.parquet").to_pylist()
