@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness import store
-from harness.analysis import report, stats
+from harness.analysis import charts, report, stats
 from harness.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def test_cost_axis_prefers_dollars_then_flops(syn):
 def test_pareto_front():
     cost = np.array([1.0, 2.0, 3.0, 3.0, 4.0])
     score = np.array([0.5, 0.4, 0.7, 0.6, 0.7])
-    assert report.pareto(cost, score).tolist() == [True, False, True, False, False]
+    assert charts.pareto(cost, score).tolist() == [True, False, True, False, False]
 
 
 # ---------------------------------------------------------------------------------------------------------------
