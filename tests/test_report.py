@@ -267,6 +267,7 @@ def _render(browser: Chromium, html: Path) -> dict:
             "injected_text": browser.eval("document.body.innerText.includes('<script>window.__pwned = 1</script>')")}
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(chromium, syn, ci_run, tmp_path):
     _, html = syn
     page = _render(chromium, html)
