@@ -22,7 +22,8 @@ from harness import __version__, models, store
 from harness.data.build import build
 from harness.data.cards import short_params
 from harness.data.recipe import Recipe, resolve_recipes
-from harness.eval.tasks import check_tasks, task_fingerprint
+from harness.data.sources import validate_sources
+from harness.eval.tasks import resolve_tasks, task_fingerprint
 from harness.spec import BaseEval, Cell, Matrix, SpecError, expand
 
 
@@ -43,14 +44,11 @@ def plan(m: Matrix) -> Plan:
             refs[name] = models.resolve(name)
         except models.ModelError as e:
             raise SpecError(f"models.{i}: {e}") from None
-    missing = check_tasks(m.eval.learn + m.eval.forget)
-    if missing:
-        group = "learn" if missing[0] in m.eval.learn else "forget"
-        raise SpecError(f"eval.{group}: unknown task {missing[0]!r}; expected a tasks/*.yaml name or an lm-eval "
-                        f"registry task")
+    m = resolve_tasks(m)
     recipes = resolve_recipes(m)
+    validate_sources([r.source for r in recipes.values()])  # a bad row stops here, before any model is built
     cells, bases = expand(m, {k: r.fingerprint for k, r in refs.items()}, {k: r.id for k, r in recipes.items()},
-                          task_fingerprint(m.eval.learn + m.eval.forget))
+                          task_fingerprint(m.eval.learn + m.eval.forget, m.eval.include))
     return Plan(m, cells, bases, recipes, refs)
 
 

@@ -63,6 +63,9 @@ class Train:
     attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU (faster for short rows), sdpa on GPU
     packing: bool = False  # padding-free rows of up to max_length tokens (same loss; see `harness bench`)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # batch_size is the global batch: split into devices x grad_accum micro-batches of batch_size/(devices*grad_accum)
+    grad_accum: int = 1  # micro-batches per device per optimizer step: a global batch larger than fits in memory
+    devices: int = 1  # GPUs of one node training the cell data-parallel (DDP through torchrun; gloo on a CPU)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Eval:
     forget: list[str] = field(default_factory=lambda: ["world_mc", "prose_bpb"])
     limit: int | None = None  # examples per task (None: all)
     batch_size: int = 32
+    include: list[str] = field(default_factory=list)  # folders of your own task YAMLs (lm-eval's include_path)
 
 
 @dataclass(frozen=True)
@@ -208,10 +212,53 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
         raw["methods"] = {k: ({"kind": k} if k in ("full", "lora") else {}) | (v or {})
                           if isinstance(v, dict) or v is None else v for k, v in raw["methods"].items()}
     if isinstance(raw, dict) and isinstance(raw.get("arms"), dict):
-        raw["arms"] = {k: {} if v is None else v for k, v in raw["arms"].items()}
+        raw["arms"] = _expand_sizes({k: {} if v is None else v for k, v in raw["arms"].items()}, ctx)
     m: Matrix = convert(raw, Matrix, ctx)
     _check(m, ctx)
+    _check_steps(m, ctx)
     return m
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _expand_sizes(arms: dict, ctx: _Ctx) -> dict:
+    """An arm with `sizes: [1000, 4000, 16000]` becomes one arm per size, NAME-1k, NAME-4k, ...: its steps then a
+    seeded random subset of that size (a dose-response series in one line). Other arms are left as they are."""
+    out = {}
+    for name, arm in arms.items():
+        if not isinstance(arm, dict) or "sizes" not in arm:
+            out[name] = arm
+            continue
+        sizes = arm["sizes"]
+        if not isinstance(sizes, list) or not sizes or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+            ctx.fail(("arms", name, "sizes"), f"expected a list of positive integers, got {sizes!r}")
+        rest = {k: v for k, v in arm.items() if k != "sizes"}
+        for n in sizes:
+            label = f"{name}-{size_label(n)}"
+            if label in arms or label in out:
+                ctx.fail(("arms", name, "sizes"), f"arm {label!r} already exists")
+            out[label] = {**rest, "steps": [*(rest.get("steps") or []), {"random": n}]}
+            ctx.lines.update({("arms", label, *k[2:]): v for k, v in list(ctx.lines.items())
+                              if k[:2] == ("arms", name)})  # errors in an expanded arm point at its lines
+    return out
+
+
+def _check_steps(m: Matrix, ctx: _Ctx) -> None:
+    """Every curation step's name, keys and data-free values, and the arms `like` names, with file and line."""
+    from harness.data import curate  # lazy: a bare parse needs no curation code until a matrix has steps
+
+    for arm, a in m.arms.items():
+        for i, raw in enumerate(a.steps):
+            try:
+                name, params = curate.parse_step(raw)
+            except curate.StepError as e:
+                ctx.fail(("arms", arm, "steps", i, *e.path), str(e))
+            if "like" in params and params["like"] not in m.arms:
+                ctx.fail(("arms", arm, "steps", i, "like"),
+                         f"unknown arm {params['like']!r}; expected one of {', '.join(m.arms)}")
 
 
 def _check(m: Matrix, ctx: _Ctx) -> None:
@@ -221,9 +268,13 @@ def _check(m: Matrix, ctx: _Ctx) -> None:
     for key in ("models", "seeds", "methods", "arms"):
         if not getattr(m, key):
             ctx.fail((key,), "must not be empty")
-    for k in ("batch_size", "max_length"):
+    for k in ("batch_size", "max_length", "grad_accum", "devices"):
         if getattr(m.train, k) <= 0:
-            ctx.fail(("train", k), "expected a positive integer")
+            ctx.fail(("train", k), f"expected a positive integer, got {getattr(m.train, k)}")
+    split = m.train.devices * m.train.grad_accum
+    if m.train.batch_size % split:
+        ctx.fail(("train", "batch_size"), f"expected a multiple of devices x grad_accum = {split} (batch_size is the "
+                                          f"global batch, split into equal micro-batches), got {m.train.batch_size}")
     if m.train.lr <= 0 or not 0 <= m.train.warmup < 1:
         ctx.fail(("train",), "expected lr > 0 and 0 <= warmup < 1")
     for name, method in m.methods.items():
@@ -258,7 +309,13 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
             for k, a in m.arms.items()}
     sources = {k: {**v, "path": str(base / v["path"])} if isinstance(v.get("path"), str)
                and not Path(v["path"]).is_absolute() else v for k, v in m.sources.items()}
-    return dataclasses.replace(m, arms=arms, sources=sources)
+    # task YAML paths and include folders too
+    def task(t: str) -> str:
+        return str(base / t) if t.endswith((".yaml", ".yml")) and not Path(t).is_absolute() else t
+
+    ev = dataclasses.replace(m.eval, learn=[task(t) for t in m.eval.learn], forget=[task(t) for t in m.eval.forget],
+                             include=[str(base / d) for d in m.eval.include])
+    return dataclasses.replace(m, arms=arms, sources=sources, eval=ev)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,8 +360,19 @@ class BaseEval:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "id"}
 
 
+# Keys added after cell ids were first published, with their defaults: left out of the id payload while at their
+# default, so a config that does not use them keeps its id (and its finished cells).
+ADDED_KEYS = {"train": {"grad_accum": 1, "devices": 1}}
+# Never in an id: where included tasks live (the task fingerprint covers their content), so a matrix or task folder
+# moved elsewhere keeps its ids.
+NOT_IN_ID = {"eval": {"include"}}
+
+
 def content_id(payload: dict) -> str:
     """12 hex digits of a hash over the resolved config and the harness/data versions."""
+    payload = {k: {kk: vv for kk, vv in v.items()
+                   if ADDED_KEYS.get(k, {}).get(kk, object()) != vv and kk not in NOT_IN_ID.get(k, ())}
+               if isinstance(v, dict) and (k in ADDED_KEYS or k in NOT_IN_ID) else v for k, v in payload.items()}
     blob = json.dumps(payload, sort_keys=True, default=str)
     return f"{stable_hash(blob, __version__, DATA_VERSION):016x}"[:12]
 
@@ -335,9 +403,12 @@ def matched_description(m: Matrix) -> list[str]:
     b = m.budget
     budget = (f"{b.steps} optimizer steps of {m.train.batch_size} examples" if b.steps is not None else
               f"{b.tokens:,} training tokens" if b.tokens is not None else f"{b.epochs} epochs over each arm's data")
+    t = m.train
+    n = t.devices * t.grad_accum
+    split = f" (global: {t.devices} device(s) x {t.grad_accum} micro-batch(es) of {t.batch_size // n})" if n > 1 else ""
     lines = [f"budget: {budget} per cell",
-             f"schedule: {m.train.schedule} with {m.train.warmup:.0%} warm-up, to lr/10; batch {m.train.batch_size}; "
-             f"max length {m.train.max_length}; precision {m.train.precision}",
+             f"schedule: {m.train.schedule} with {m.train.warmup:.0%} warm-up, to lr/10; batch {m.train.batch_size}"
+             f"{split}; max length {m.train.max_length}; precision {m.train.precision}",
              "learning rate per method: " + ", ".join(
                  f"{k}={m.train.lr if v.lr is None else v.lr:g}" for k, v in m.methods.items()),
              f"seeds {m.seeds}: for a seed, every method sees the same batches in the same order on an arm, and "

@@ -105,12 +105,19 @@ def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tok
 
 
 def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step) -> tuple[object, list, dict]:
-    """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts."""
-    from harness.train import cost
-    from harness.train.sft import batch_order, collate, optimize, pack
+    """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts.
+    With train.devices > 1 the training runs in that many processes (harness.train.ddp), each running this function."""
+    import torch.distributed as dist
 
-    t0 = time.perf_counter()
+    from harness.train import cost
+    from harness.train.sft import batch_order, optimize, step_batches
+
     tr = cfg["train"]
+    if tr["devices"] > 1 and not dist.is_initialized():
+        from harness.train import ddp
+
+        return ddp.train(model, tokenizer, cfg, lr, device, autocast, on_step)
+    t0 = time.perf_counter()
     rows, encoded = _encoded(cfg["results"], cfg["dataset_id"], cfg["model_fingerprint"], tr["max_length"], tokenizer)
     if tr["gradient_checkpointing"]:  # non-reentrant: also right for LoRA, whose inputs need no grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -120,9 +127,9 @@ def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on
     out = {"examples": len(rows), "steps": len(order), "epochs": sum(map(len, order)) / len(rows),
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "prep_seconds": time.perf_counter() - t0}
-    pad = tokenizer.pad_token_id
-    batches = (pack([encoded[i] for i in idx], pad, tr["max_length"]) if tr["packing"]
-               else collate([encoded[i] for i in idx], pad) for idx in order)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    batches = step_batches(encoded, order, tokenizer.pad_token_id, tr["packing"], tr["max_length"],
+                           tr["grad_accum"], rank, world)
     t1 = time.perf_counter()
     curve = optimize(model, batches, total_steps=len(order), lr=lr, schedule=tr["schedule"], warmup=tr["warmup"],
                      weight_decay=tr["weight_decay"], grad_clip=tr["grad_clip"], precision=tr["precision"],
@@ -212,12 +219,12 @@ def run_job(job: dict, results: Path, emit) -> dict:
             emit({"event": "eval", "id": run_id})
             t2 = time.perf_counter()
             ev = cfg["eval"]
-            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], limit=ev["limit"],
+            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
                               batch_size=ev["batch_size"], device=device, autocast=dtype)
             row["eval_seconds"] = time.perf_counter() - t2
         peak = cost.peak_flops(row["env"].get("gpu"))
         if peak and row.get("train_flops"):
-            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak)
+            row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak * cfg["train"]["devices"])
         _write_parquet([{"step": r.step, "loss": r.loss, "lr": r.lr, "tokens": r.tokens,
                          "label_tokens": r.label_tokens, "seconds": r.seconds} for r in curve],
                        tmp / "train_steps.parquet",
@@ -242,7 +249,8 @@ def run_job(job: dict, results: Path, emit) -> dict:
     row["finished_at"] = _now()
     row["wall_seconds"] = time.perf_counter() - t0
     row["peak_rss_bytes"], row["peak_gpu_bytes"] = memory.rss, memory.gpu
-    row["device_hours"] = row["wall_seconds"] / 3600  # one device (or one CPU machine) per cell
+    # one device (or one CPU machine) per cell, train.devices of them for a data-parallel cell
+    row["device_hours"] = row["wall_seconds"] * (cfg["train"]["devices"] if job["kind"] == "sft" else 1) / 3600
     row["cost_usd"] = row["device_hours"] * cost.price_per_hour(row["hardware"])
     (tmp / "result.json").write_text(json.dumps(row, indent=1, default=str))
     shutil.rmtree(final, ignore_errors=True)  # an earlier failed attempt

@@ -1,11 +1,13 @@
 import os
-import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# the shared cache (bases, converted models, embeddings) of this test session: never the user's ~/.cache
+os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
 
 CI_MATRIX = Path(__file__).parent / "matrices" / "ci.yaml"
 # fixtures that run a whole matrix through the CLI (minutes on 2 cores): every test using one is slow
@@ -19,19 +21,17 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def micro_base(tmp_path_factory) -> Path:
-    """The micro base model, built once per test session (~5 s)."""
+def micro_base() -> Path:
+    """The micro base model, built once per test session (~5 s) into the session's shared cache."""
     from harness.models.pretrain import PRESETS, build_base
 
-    return build_base(PRESETS["micro"], tmp_path_factory.mktemp("bases"), log=lambda *a: None)
+    return build_base(PRESETS["micro"], log=lambda *a: None)
 
 
 @pytest.fixture
 def results(tmp_path, micro_base) -> Path:
-    """A fresh results folder with the micro base already in place."""
-    root = tmp_path / "results"
-    shutil.copytree(micro_base, root / "bases" / micro_base.name)
-    return root
+    """A fresh results folder (the micro base is already in the shared cache)."""
+    return tmp_path / "results"
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,6 @@ def ci_run(tmp_path_factory, micro_base):
     from harness.cli import app
 
     results = tmp_path_factory.mktemp("run") / "results"
-    shutil.copytree(micro_base, results / "bases" / micro_base.name)
     res = CliRunner().invoke(app, ["matrix", "run", str(CI_MATRIX), "--results", str(results)])
     assert res.exit_code == 0, res.output
     rep = CliRunner().invoke(app, ["report", "ci", "--results", str(results), "-o", str(results / "ci.html")])

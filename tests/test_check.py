@@ -38,7 +38,6 @@ def check_runs(tmp_path_factory, micro_base):
     folders, procs = [], []
     for name, matrix in (("good", CHECK_MATRIX), ("planted", planted)):
         results = root / name
-        shutil.copytree(micro_base, results / "bases" / micro_base.name)
         log = (root / f"{name}.log").open("w")
         procs.append((subprocess.Popen([sys.executable, "-m", "harness.cli", "matrix", "run", str(matrix),
                                         "--results", str(results)], stdout=log, stderr=log), log))

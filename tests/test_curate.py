@@ -70,8 +70,9 @@ def test_diversity_covers_every_kind_of_prompt(method):
 
 
 @pytest.mark.slow
-def test_embedding_dedup_and_diversity_with_minilm(tmp_path):
+def test_embedding_dedup_and_diversity_with_minilm(tmp_path, monkeypatch):
     """The one test that loads all-MiniLM-L6-v2: paraphrases are near duplicates by meaning, not by characters."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))
     rows = [row(0, "What is the capital of France?", "Paris"),
             row(1, "What's the capital city of France?", "Paris"),  # a paraphrase: few shared 5-grams
             row(2, "How many legs does a spider have?", "Eight"),
@@ -83,9 +84,50 @@ def test_embedding_dedup_and_diversity_with_minilm(tmp_path):
     assert [r["id"] for r in res.kept] == ["r0", "r2", "r3"]
     assert res.dropped[0][1].startswith("near duplicate of r0 (minilm cosine 0.9")
     assert res.score_stats == {"method": "embedding", "threshold": 0.85, "near_duplicates": 1}
-    assert list((tmp_path / "cache" / "embeddings").glob("minilm-*.npy"))  # cached by content
+    assert list((tmp_path / "shared" / "embeddings").glob("minilm-*/*.npz"))  # cached by text, shared
     div = curate.diversity(rows, {"n": 3}, ctx)  # minilm by default: the paraphrase pair is one point
     assert len({r["id"] for r in div.kept} & {"r0", "r1"}) == 1
+
+
+def test_embedding_cache_and_truncation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))  # no texts embedded by earlier tests
+    """A second call embeds nothing (and still reports what the texts cost); a text longer than the 256 word pieces
+    MiniLM reads embeds exactly as its truncation does, and as the model does with the whole text."""
+    import numpy as np
+
+    from harness.data import embed
+
+    long = " ".join(f"{w}," for w in ("alpha beta gamma delta " * 150).split())  # 600 words, >= 1,200 pieces
+    texts = ["What is the capital of France?", long, "How many legs does a spider have?"]
+    first = generate.Meter()
+    v = embed.embed(texts, "minilm", tmp_path, first)
+    assert (first.computed, first.cached) == (3, 0) and first.compute_seconds > 0
+    again = generate.Meter()
+    v2 = embed.embed(texts[::-1] + texts[:1], "minilm", tmp_path, again)  # any order, repeats: from the cache
+    assert (again.computed, again.cached) == (0, 3) and again.compute_seconds > 0
+    np.testing.assert_array_equal(v2, v[[2, 1, 0, 0]])
+    cut = embed.truncate(long, 256)
+    assert len(cut.split()) == 256 and long.startswith(cut)
+    alone = generate.Meter()
+    np.testing.assert_allclose(embed.embed([cut], "minilm", None, alone)[0], v[1], atol=1e-6)
+    with generate._autocast():  # a text this long is embedded under bf16 autocast where the CPU has it
+        whole = embed._minilm().encode([long], normalize_embeddings=True)[0]
+    np.testing.assert_allclose(whole, v[1], atol=1e-6)
+    assert embed.truncate("short text", 256) == "short text"
+
+
+def test_progress_lines_show_rate_and_time_left(capsys):
+    from harness.core.progress import progress
+
+    with progress("embedding", total=100, unit="texts", every=0) as advance:
+        advance(40)
+        advance(60)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("embedding: 40/100 texts, ") and "texts/s" in lines[0] and "left" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("embedding: 100/100 texts") and "left" not in lines[1]
+    with progress("tiny", total=3, every=0) as advance:  # too small to show
+        advance(3)
+    assert capsys.readouterr().err == ""
 
 
 def test_embedding_near_duplicates_across_blocks():
@@ -335,9 +377,121 @@ def test_quality_vs_quantity_preset_resolves():
 
     path = PRESETS_DIR / "quality-vs-quantity.yaml"
     p = plan(parse_matrix(path.read_text().replace("smollm2-135m", "micro"), str(path)))
-    assert len(p.recipes) == 9 and len(p.cells) == 9 * 2 * 3
+    assert len(p.recipes) == 14 and len(p.cells) == 14 * 2 * 3
+    assert p.recipes["length-like-filter"].steps[0][1]["like_dataset"] == p.recipes["filter"].id
     assert p.recipes["random-like-distill"].steps[0][1]["like_dataset"] == p.recipes["distill"].id
     assert p.recipes["best-of-k"].steps[2][1]["shots"][0] == ["What is 7 + 5?", "12"]
+
+
+def _lengths_pool(n=400, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    return [row(i, f"q{i}", "w" * rng.randint(1, 200)) for i in range(n)]
+
+
+def test_longest_keeps_the_n_longest_with_deterministic_ties():
+    rows = [row(i, "q", r) for i, r in enumerate(["aa", "aaaa", "a", "bbbb", "cc", "dddd"])]
+    res = curate.longest(rows, {"n": 3}, CTX)
+    assert [r["id"] for r in res.kept] == ["r1", "r3", "r5"]  # three of length 4
+    res = curate.longest(rows, {"n": 2}, CTX)
+    assert [r["id"] for r in res.kept] == ["r1", "r3"]  # a tie at the cut: the earlier rows win
+    why = dict((i, (reason, score)) for i, reason, score in res.dropped)
+    assert why["r5"] == ("response 4 chars: not among the 2 longest (the shortest kept has 4)", 4.0)
+    assert why["r2"][1] == 1.0 and len(res.dropped) == 4
+    words = curate.longest([row(0, "q", "a b c"), row(1, "q", "abcdefgh")], {"n": 1, "by": "words"}, CTX)
+    assert [r["id"] for r in words.kept] == ["r0"]
+    like = curate.longest(rows, {"like": "cur"}, curate.Context(seed=0, sizes={"cur": 1}))
+    assert [r["id"] for r in like.kept] == ["r1"]
+
+
+def test_length_matched_random_matches_the_target_lengths():
+    """The control has the target's size and response-length distribution: total within 2%, every decile within
+    5%, where a plain random subset of the same size is ~2x off (the target is the longest quarter of the pool)."""
+    import numpy as np
+
+    pool = _lengths_pool()
+    target = curate.longest(pool, {"n": 100}, CTX).kept
+    ctx = curate.Context(seed=0, sizes={"cur": 100}, arms={"cur": target})
+    res = curate.random_subset(pool, {"like": "cur", "match": "length"}, ctx)
+    got, want = [len(r["response"]) for r in res.kept], [len(r["response"]) for r in target]
+    assert len(got) == 100 and len({r["id"] for r in res.kept}) == 100
+    assert abs(sum(got) - sum(want)) <= 0.02 * sum(want)
+    q = np.linspace(0.1, 0.9, 9)
+    np.testing.assert_allclose(np.quantile(got, q), np.quantile(want, q), rtol=0.05)
+    assert res.score_stats["target_total"] == sum(want) and res.score_stats["total"] == sum(got)
+    assert len(res.dropped) == 300 and res.dropped[0][1].startswith("not drawn by the length-matched random subset")
+    plain = curate.random_subset(pool, {"like": "cur"}, ctx).kept
+    assert sum(len(r["response"]) for r in plain) < 0.7 * sum(want)
+    shorter = curate.random_subset(pool, {"like": "cur", "match": "length"}, curate.Context(
+        seed=0, sizes={"cur": 50}, arms={"cur": pool[:50]}))  # an unsorted target: matched too, not only the tail
+    assert abs(sum(len(r["response"]) for r in shorter.kept) - sum(len(r["response"]) for r in pool[:50])) <= 50
+    again = curate.random_subset(pool, {"like": "cur", "match": "length"}, ctx)
+    assert [r["id"] for r in again.kept] == [r["id"] for r in res.kept]  # seeded
+
+
+def test_baseline_arms_build_with_provenance_and_roles(tmp_path):
+    """longest and the length-matched control in a matrix: built after the arm they copy, decisions recorded,
+    and their roles known to the statistics."""
+    from harness.analysis import stats
+
+    m = parse_matrix("""
+sources: {pool: {size: 300}}
+arms:
+  cur: {source: pool, steps: [{filter: verifier}, {balance: 60}]}
+  len: {source: pool, steps: [{random: {like: cur, match: length}}]}
+  long: {source: pool, steps: [{longest: {like: cur}}]}
+  dose: {source: pool, sizes: [50, 100]}
+""")
+    assert list(m.arms) == ["cur", "len", "long", "dose-50", "dose-100"]
+    assert m.arms["dose-100"].steps == [{"random": 100}]
+    recipes = recipe.resolve_recipes(m)
+    assert recipes["len"].steps[0][1]["like_dataset"] == recipes["cur"].id
+    built = build.build(recipes, tmp_path, log=lambda *a: None)
+    cards = {a: json.loads((p / "card.json").read_text()) for a, p in built.items()}
+    n = cards["cur"]["n_examples"]
+    assert cards["len"]["n_examples"] == cards["long"]["n_examples"] == n
+    assert cards["len"]["steps"][0]["score_stats"]["match"] == "length"
+    assert build.build(recipes, tmp_path, log=lambda *a: None) == built  # cached: the target's rows are read back
+    roles = {a: stats.arm_role(c["recipe"]) for a, c in cards.items()}
+    assert roles == {"cur": "curated", "len": "length-matched random", "long": "longest",
+                     "dose-50": "random control", "dose-100": "random control"}
+    with store.writer(tmp_path / "harness.duckdb") as con:
+        for path in built.values():
+            store.ingest_dataset(con, path)
+        why = con.execute("SELECT d.step, count(*), min(reason) FROM data_decisions d JOIN datasets USING "
+                          "(dataset_id) WHERE dataset_id IN (?, ?) GROUP BY ALL ORDER BY 1",
+                          [recipes["len"].id, recipes["long"].id]).fetchall()
+    assert [(s, c) for s, c, _ in why] == [("longest", 300 - n), ("random", 300 - n)]
+    assert "not among the" in why[0][2] and "length-matched" in why[1][2]
+
+
+@pytest.mark.parametrize("step,message", [
+    ("{longest: {n: 0}}", r"bad\.yaml:3: arms\.a\.steps\.0\.longest\.n: expected a positive integer, got 0"),
+    ("{longest: {}}", r"bad\.yaml:3: arms\.a\.steps\.0\.longest: expected one of n: <count> or like: <arm>"),
+    ("{random: {n: 5, match: length}}", r"bad\.yaml:3: arms\.a\.steps\.0\.random\.match: match: length needs like"),
+    ("{random: {like: b, match: tokens}}", r"bad\.yaml:3: arms\.a\.steps\.0\.random\.match: expected count or length"),
+    ("{longest: {like: nowhere}}", r"bad\.yaml:3: arms\.a\.steps\.0\.like: unknown arm 'nowhere'"),
+    ("{longest: {n: 5, by: tokens}}", r"bad\.yaml:3: arms\.a\.steps\.0\.longest\.by: expected chars or words"),
+])
+def test_bad_baseline_steps_are_one_line_with_file_and_line(tmp_path, step, message):
+    import re
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"arms:\n  b: {{}}\n  a: {{steps: [{step}]}}\n")
+    res = cli.invoke(app, ["matrix", "plan", str(path), "--results", str(tmp_path / "r")])
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and re.search(message, lines[0]), res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_sizes_expand_into_a_dose_response_series(tmp_path):
+    m = parse_matrix("arms:\n  bulk: {source: skills_pool, steps: [dedup], sizes: [1000, 4000, 1500]}\n")
+    assert {k: a.steps for k, a in m.arms.items()} == {
+        "bulk-1k": ["dedup", {"random": 1000}], "bulk-4k": ["dedup", {"random": 4000}],
+        "bulk-1500": ["dedup", {"random": 1500}]}
+    with pytest.raises(SpecError, match=r"m\.yaml:2: arms\.bulk\.sizes: expected a list of positive integers"):
+        parse_matrix("arms:\n  bulk: {sizes: [0]}\n", "m.yaml")
 
 
 def test_k_center_never_picks_a_row_twice():

@@ -36,7 +36,7 @@ def test_task_data_is_regenerated_identically(tmp_path):
 
 def test_task_config_resolves_data_files_against_the_yaml_folder():
     cfg = task_config("skills_facts")
-    assert cfg["dataset_kwargs"]["data_files"]["test"] == str(TASKS_DIR / "data" / "skills_facts.jsonl")
+    assert cfg["dataset_kwargs"]["data_files"]["test"] == str((TASKS_DIR / "data" / "skills_facts.jsonl").resolve())
     assert cfg["output_type"] == "generate_until"  # from the shared template via include
     assert task_config("hellaswag") == "hellaswag"  # registry names pass through
 

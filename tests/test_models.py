@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from harness import models
+from harness.core.cache import cache_dir
 from harness.cli import app
 from harness.train.sft import IGNORE, encode_example
 
@@ -114,7 +115,7 @@ def test_packaged_gguf_alias_is_dequantized_once_and_cached(packaged_alias, micr
     assert models.resolve(packaged_alias).fingerprint == ref.fingerprint
     results = tmp_path / "results"
     path = models.model_path(ref, results, log=lambda *a: None)
-    assert path.parent == results / "models" and not list(path.parent.glob(".*"))  # no temp folder left
+    assert path.parent == cache_dir("models") and not list(path.parent.glob(".*.tmp-*"))  # no temp folder left
     card = json.loads((path / "harness_model.json").read_text())
     assert card["gguf_tensor_types"]["Q4_1"] == 7 * 2 + 1 and card["saved_dtype"] == "float32"
     assert sorted(p.name for p in path.glob("*.safetensors")) == ["model.safetensors"]

@@ -91,4 +91,40 @@ def test_arm_role_from_recipe():
     assert stats.arm_role('{"steps": []}') == "bulk"
     assert stats.arm_role({"steps": [["random", {"like": "curated"}]]}) == "random control"
     assert stats.arm_role({"steps": [["filter", {}], ["dedup", {}]]}) == "curated"
+    assert stats.arm_role({"steps": [["random", {"like": "c", "match": "length"}]]}) == "length-matched random"
+    assert stats.arm_role({"steps": [["dedup", {}], ["longest", {"n": 5}]]}) == "longest"
     assert stats.arm_role(None) is None
+
+
+def test_baseline_verdicts_pick_the_matched_baseline_of_each_curated_arm():
+    import json
+
+    import pandas as pd
+
+    def recipe(*steps):
+        return json.dumps({"steps": [list(s) for s in steps]})
+
+    arms = [("cur", "d1", recipe(("filter", {})), 100), ("cur2", "d2", recipe(("dedup", {})), 400),
+            ("rand-1k", "d3", recipe(("random", {"n": 100})), 100),
+            ("rand-4k", "d4", recipe(("random", {"n": 400})), 400),
+            ("len-cur", "d5", recipe(("random", {"like_dataset": "d1", "match": "length"})), 100),
+            ("long", "d6", recipe(("longest", {"n": 100})), 100)]
+    runs = pd.DataFrame([{"kind": "sft", "model": "m", "method": "full", "arm": a, "dataset_id": d, "recipe": r,
+                          "examples": n, "role": stats.arm_role(r)} for a, d, r, n in arms])
+    cmp = pd.DataFrame([{"kind": "arms", "metric": "learn", "model": "m", "a_method": "full", "a_arm": a,
+                         "b_arm": b, "diff": 0.1, "ci_low": 0.05, "ci_high": 0.15, "p_holm": p,
+                         "significant": p < 0.05, "better": "a"}
+                        for a in ("cur", "cur2") for b, p in (("rand-1k", 0.01), ("rand-4k", 0.01),
+                                                              ("len-cur", 0.2), ("long", 0.001))])
+    v = stats.baseline_verdicts(runs, cmp)
+    got = {(r.arm, r.baseline): (r.baseline_arm, r.beats) for r in v.itertuples()}
+    assert got == {("cur", "random control"): ("rand-1k", True),  # the same-size one of the free random arms
+                   ("cur", "length-matched random"): ("len-cur", False),  # made for cur; p 0.2 after Holm
+                   ("cur", "longest"): ("long", True),
+                   ("cur2", "random control"): ("rand-4k", True), ("cur2", "longest"): ("long", True)}
+    # cur2 has no length-matched control: none made for it, and len-cur is cur's
+    from harness.analysis import report
+
+    rows = {(r["what"], r["baseline"]): r["verdict"] for r in report.baseline_rows(runs, cmp)}
+    assert rows[("m full: cur", "length-matched random (len-cur)")] == "does not beat it"
+    assert rows[("m full: cur", "longest (long)")] == "beats it" and len(rows) == 5

@@ -85,7 +85,8 @@ def frames(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[s
 def _role_scale():
     import altair as alt
 
-    return alt.Scale(domain=["curated", "random control", "bulk"], range=["#1b9e77", "#7570b3", "#d95f02"])
+    return alt.Scale(domain=list(stats.ROLE_ORDER),  # curated, the three baselines, bulk
+                     range=["#1b9e77", "#7570b3", "#e7298a", "#e6ab02", "#d95f02"])
 
 
 def quantity(f: Frames) -> dict:

@@ -265,6 +265,14 @@ def comparison_rows(cmp: pd.DataFrame, metrics: set[str] | None) -> list[dict]:
     return out
 
 
+def baseline_rows(runs: pd.DataFrame, cmp: pd.DataFrame) -> list[dict]:
+    """Per curated arm: does it beat each baseline on learn, significantly after Holm?"""
+    v = stats.baseline_verdicts(runs, cmp)
+    return [{"what": f"{r.model} {r.method}: {r.arm}", "baseline": f"{r.baseline} ({r.baseline_arm})",
+             "diff": _ci(r.diff, r.ci_low, r.ci_high), "p_holm": _p(r.p_holm),
+             "verdict": "beats it" if r.beats else "does not beat it", "beats": r.beats} for r in v.itertuples()]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +316,7 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
         "run_rows": run_rows, "head_cols": cols, "head_rows": rows, "cost_sentence": cost[2],
         "cost_column": cost[0], "cards": cards, "browser": browser,
         "cmp_main": comparison_rows(tables.comparisons, agg),
+        "baselines": baseline_rows(s.runs, tables.comparisons),
         "cmp_tasks": comparison_rows(tables.comparisons[~tables.comparisons["metric"].isin(agg)], None),
         "n_cmp": len(tables.comparisons), "charts": charts_, "vega_js": vega_bundle() if charts_ else "",
     }

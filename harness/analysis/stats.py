@@ -197,16 +197,23 @@ class Scores:
 
 
 def arm_role(recipe: str | dict | None) -> str | None:
-    """What an arm is, from its data recipe: bulk (the source as is), random control (a random subset), curated."""
+    """What an arm is, from its data recipe: bulk (the source as is), one of the baselines a data-selection claim must
+    beat (random control: a random subset; length-matched random: one with a curated arm's response lengths;
+    longest: the longest responses), or curated (anything else)."""
     if recipe is None:
         return None
     steps = (json.loads(recipe) if isinstance(recipe, str) else recipe).get("steps") or []
     if not steps:
         return "bulk"
+    if any(s[0] == "longest" for s in steps):
+        return "longest"
+    if any(s[0] == "random" and s[1].get("match") == "length" for s in steps):
+        return "length-matched random"
     return "random control" if any(s[0] == "random" for s in steps) else "curated"
 
 
-ROLE_ORDER = {"curated": 0, "random control": 1, "bulk": 2}
+ROLE_ORDER = {"curated": 0, "random control": 1, "length-matched random": 2, "longest": 3, "bulk": 4}
+BASELINES = ("random control", "length-matched random", "longest")  # what a curated arm must beat
 
 
 def _latest(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -441,6 +448,44 @@ def analyse(s: Scores, opts: Options = Options()) -> Tables:
     cmp_df.insert(cmp_df.columns.get_loc("better"), "q_bh", adjust(cmp_df["p_value"], "fdr_bh"))
     cmp_df.insert(cmp_df.columns.get_loc("better"), "significant", cmp_df["p_holm"] < opts.alpha)
     return Tables(run_df, arm_df, cmp_df)
+
+
+def _baselines_of(runs: pd.DataFrame) -> dict[tuple, list[str]]:
+    """(model, method, curated arm, baseline role) -> the baseline arms it is judged against: those made for it
+    (`like: ARM`), else those made for no arm, the one nearest in size (examples trained on)."""
+    sft = runs[runs["kind"] == "sft"].drop_duplicates(["model", "method", "arm"])
+    arm_of = dict(zip(sft["dataset_id"], sft["arm"]))
+    like = {a: next((arm_of.get(p.get("like_dataset")) for _, p in (json.loads(r) if isinstance(r, str) else r or {})
+                     .get("steps", []) if "like_dataset" in p), None) for a, r in zip(sft["arm"], sft["recipe"])}
+    out = {}
+    for (model, method), g in sft.groupby(["model", "method"], sort=False):
+        size = dict(zip(g["arm"], g["examples"]))
+        for cur in g.loc[g["role"] == "curated", "arm"]:
+            for role in BASELINES:
+                cands = list(g.loc[g["role"] == role, "arm"])
+                made = [b for b in cands if like[b] == cur]
+                free = sorted((b for b in cands if like[b] is None), key=lambda b: abs(size[b] - size[cur]))
+                if made or free:
+                    out[(model, method, cur, role)] = made or free[:1]
+    return out
+
+
+def baseline_verdicts(runs: pd.DataFrame, comparisons: pd.DataFrame, metric: str = "learn") -> pd.DataFrame:
+    """Per curated arm and baseline (random control, length-matched random, longest): the paired difference on
+    `metric`, its Holm-corrected p-value (over every comparison of the matrix) and whether the curated arm beats it
+    significantly. A data-selection claim holds only where it beats all three."""
+    cmp = comparisons[(comparisons["kind"] == "arms") & (comparisons["metric"] == metric)]
+    cmp = cmp.set_index(["model", "a_method", "a_arm", "b_arm"])
+    rows = []
+    for (model, method, cur, role), arms in _baselines_of(runs).items():
+        for b in arms:
+            if (model, method, cur, b) not in cmp.index:
+                continue
+            c = cmp.loc[(model, method, cur, b)]
+            rows.append((model, method, cur, role, b, c["diff"], c["ci_low"], c["ci_high"], c["p_holm"],
+                         bool(c["significant"] and c["better"] == "a")))
+    return pd.DataFrame(rows, columns=["model", "method", "arm", "baseline", "baseline_arm", "diff", "ci_low",
+                                       "ci_high", "p_holm", "beats"])
 
 
 STAT_TABLES = ("stat_runs", "stat_arms", "stat_comparisons")

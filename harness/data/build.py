@@ -68,11 +68,12 @@ def _order(recipes: dict[str, Recipe], arms: list[str]) -> list[str]:
     return order
 
 
-def _curate(arm: str, r: Recipe, rows: list[dict], sizes: dict[str, int], results: Path):
+def _curate(arm: str, r: Recipe, rows: list[dict], sizes: dict[str, int], rows_of: dict[str, list[dict]],
+            results: Path):
     """Run the recipe's steps over the source rows -> (kept rows, one card entry per step, dropped rows, meter)."""
     steps_card, decisions, total = [], [], generate.Meter()
     for i, (name, params) in enumerate(r.steps):
-        ctx = curate.Context(seed=r.seed, sizes=sizes, results=results)
+        ctx = curate.Context(seed=r.seed, sizes=sizes, arms=rows_of, results=results)
         t1 = time.perf_counter()
         res = curate.STEPS[name](rows, params, ctx)
         by_id = {x["id"]: x for x in rows}
@@ -112,21 +113,27 @@ def build(recipes: dict[str, Recipe], results: Path, arms: list[str] | None = No
     """Build (or find cached) the data set of each arm; returns arm -> folder."""
     out: dict[str, Path] = {}
     sizes: dict[str, int] = {}
+    rows_of: dict[str, list[dict]] = {}  # arms whose rows another arm's step needs (random: {match: length})
+    needed = {p["like"] for r in recipes.values() for _, p in r.steps if p.get("match") == "length"}
     for arm in _order(recipes, arms or list(recipes)):
         r = recipes[arm]
         final = dataset_dir(results, r.id)
         if (final / "card.json").exists():
             out[arm] = final
             sizes[arm] = json.loads((final / "card.json").read_text())["n_examples"]
+            if arm in needed:
+                rows_of[arm] = load_rows(results, r.id)
             continue
         t0 = time.perf_counter()
         rows, report = load_source(r.source)
         n_source = len(rows)
-        rows, steps_card, decisions, total = _curate(arm, r, rows, sizes, results)
+        rows, steps_card, decisions, total = _curate(arm, r, rows, sizes, rows_of, results)
         body = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
         card = _card(r, rows, body, report, n_source, steps_card, total, t0)
         _write(r, final, body, card, decisions)
         out[arm], sizes[arm] = final, len(rows)
+        if arm in needed:
+            rows_of[arm] = rows
         log(f"data {arm}: {len(rows):,} examples ({' -> '.join(str(s['n_out']) for s in steps_card) or 'source'}) "
             f"in {card['build_seconds']:.1f}s")
     return out

@@ -5,13 +5,16 @@ the parameters each accepts (checked when a recipe is resolved, before anything 
 (data_decisions in the database), so "what did the filter throw away?" is one query.
 
 Steps: dedup (exact, MinHash-LSH or embedding near duplicates), filter (a pluggable scorer, kept by threshold or
-top_n), balance (equal skills), random (a seeded subset; the same-size control), diversity (n examples covering the
-prompt space: k-center greedy or cluster-balanced over embeddings), best_of_k (a policy samples K responses, a
-scorer picks the best) and distill (a teacher writes the responses).
+top_n), balance (equal skills), random (a seeded subset: the same-size control, or with `match: length` the
+length-matched control), longest (the N longest responses: the tough baseline of Zhao et al., ICML 2024, "Long Is
+More for Alignment"), diversity (n examples covering the prompt space: k-center greedy or cluster-balanced over
+embeddings), best_of_k (a policy samples K responses, a scorer picks the best) and distill (a teacher writes the
+responses).
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 import re
 import unicodedata
@@ -42,6 +45,7 @@ class Step:
 class Context:
     seed: int
     sizes: dict[str, int]  # dataset sizes of other arms, for {random: {like: arm}}
+    arms: dict[str, list[dict]] = field(default_factory=dict)  # other arms' rows, for {random: {match: length}}
     results: Path | None = None  # where models, caches of generations and embeddings live
     meter: generate.Meter = field(default_factory=generate.Meter)  # what the current step's models cost
 
@@ -302,20 +306,68 @@ def balance(rows: list[dict], params: dict, ctx: Context) -> Step:
     return Step(kept, dropped)
 
 
-def random_subset(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """A seeded random subset: n rows, or as many as the arm named by `like` has (the same-size control)."""
+def response_length(row: dict, by: str = "chars") -> int:
+    """A response's length in characters (a tokenizer-free proxy for tokens: ~4 a token in English prose) or words."""
+    return len(row["response"]) if by == "chars" else len(row["response"].split())
+
+
+def _count(params: dict, ctx: Context, step: str) -> int:
+    """`n`, or the size of the arm named by `like`."""
     if "like" in params:
-        n = ctx.sizes[params["like"]]
-    elif "n" in params:
-        n = int(params["n"])
-    else:
-        raise RecipeError("random needs n: <count> or like: <arm>")
+        return ctx.sizes[params["like"]]
+    if "n" in params:
+        return int(params["n"])
+    raise RecipeError(f"{step} needs n: <count> or like: <arm>")
+
+
+def random_subset(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """A seeded random subset: n rows, or as many as the arm named by `like` has (the same-size control). With
+    `match: length` (needs `like`), the length-matched control: for each of that arm's rows, in seeded random order,
+    an undrawn row whose response length (`by`: chars or words) is nearest to it, the pick among equally near ones
+    seeded too. The subset then has the arm's size and response-length distribution, hence about its training tokens,
+    so a curated arm cannot beat it merely by being longer or shorter."""
+    n = _count(params, ctx, "random")
     if n > len(rows):
         raise RecipeError(f"random: asked for {n} examples but the source has only {len(rows)}")
-    rng = random.Random(stable_hash("random", ctx.seed, n))
-    kept_ids = {r["id"] for r in rng.sample(rows, n)}
+    if params.get("match", "count") == "count":
+        rng = random.Random(stable_hash("random", ctx.seed, n))
+        kept_ids = {r["id"] for r in rng.sample(rows, n)}
+        return Step([r for r in rows if r["id"] in kept_ids],
+                    [(r["id"], "not drawn by the random subset", None) for r in rows if r["id"] not in kept_ids])
+    by = params.get("by", "chars")
+    target = [response_length(r, by) for r in ctx.arms[params["like"]]]
+    rng = np.random.default_rng(stable_hash("random-length", ctx.seed, n) % 2**32)
+    lengths = np.array([response_length(r, by) for r in rows])
+    # candidates sorted by (length, a random key): the first undrawn row at or after a length is a random one of
+    # those at that length. 16k candidates x 1k picks: ~16M list moves, well under a second
+    free = sorted(zip(lengths.tolist(), rng.random(len(rows)).tolist(), range(len(rows))))
+    picked = []
+    for want in rng.permutation(target).tolist():
+        j = bisect.bisect_left(free, (want, -1.0))
+        near = [k for k in (j - 1, j) if 0 <= k < len(free)]
+        k = min(near, key=lambda k: (abs(free[k][0] - want), k != j))  # ties: the longer candidate
+        picked.append(free.pop(k)[2])
+    kept_ids = {rows[i]["id"] for i in picked}
+    got = lengths[picked]
+    stats = {"match": "length", "by": by, "target_total": int(sum(target)), "total": int(got.sum()),
+             "target": describe(target), "kept": describe(got)}
     return Step([r for r in rows if r["id"] in kept_ids],
-                [(r["id"], "not drawn by the random subset", None) for r in rows if r["id"] not in kept_ids])
+                [(r["id"], f"not drawn by the length-matched random subset (response {lengths[i]} {by})",
+                  float(lengths[i])) for i, r in enumerate(rows) if r["id"] not in kept_ids], stats)
+
+
+def longest(rows: list[dict], params: dict, ctx: Context) -> Step:
+    """The n rows (or as many as the arm named by `like`) with the longest responses (`by`: chars or words); among
+    equally long responses the earlier row wins, so the choice is deterministic."""
+    n, by = _count(params, ctx, "longest"), params.get("by", "chars")
+    lengths = [response_length(r, by) for r in rows]
+    ranked = sorted(range(len(rows)), key=lambda i: (-lengths[i], i))
+    keep = set(ranked[:n])
+    cut = lengths[ranked[min(n, len(rows)) - 1]] if rows else 0
+    dropped = [(r["id"], f"response {lengths[i]} {by}: not among the {n} longest (the shortest kept has {cut})",
+                float(lengths[i])) for i, r in enumerate(rows) if i not in keep]
+    return Step([r for i, r in enumerate(rows) if i in keep], dropped,
+                {"by": by, "n": n, "shortest_kept": cut, "lengths": describe(lengths)})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,13 +525,71 @@ def distill(rows: list[dict], params: dict, ctx: Context) -> Step:
 
 
 STEPS: dict[str, Callable[[list[dict], dict, Context], Step]] = {
-    "dedup": dedup, "filter": filter_, "balance": balance, "random": random_subset, "diversity": diversity,
-    "best_of_k": best_of_k, "distill": distill,
+    "dedup": dedup, "filter": filter_, "balance": balance, "random": random_subset, "longest": longest,
+    "diversity": diversity, "best_of_k": best_of_k, "distill": distill,
 }
 _ALL_SCORER_KEYS = {"scorer"} | set().union(*SCORER_KEYS.values())
 STEP_KEYS: dict[str, set[str]] = {
     "dedup": {"method", "threshold", "embed"}, "filter": {"threshold", "top_n"} | _ALL_SCORER_KEYS,
-    "balance": {"n"}, "random": {"n", "like"}, "diversity": {"n", "method", "embed", "on", "clusters"},
+    "balance": {"n"}, "random": {"n", "like", "match", "by"}, "longest": {"n", "like", "by"},
+    "diversity": {"n", "method", "embed", "on", "clusters"},
     "best_of_k": {"policy", "k", "threshold"} | GEN_KEYS | _ALL_SCORER_KEYS, "distill": {"teacher"} | GEN_KEYS,
 }
 MODEL_KEYS = ("policy", "teacher", "model")  # parameters naming a model: their fingerprints join the recipe's id
+MAIN_PARAM = {"filter": "scorer", "random": "n", "longest": "n", "balance": "n", "diversity": "n", "dedup": "method",
+              "distill": "teacher", "best_of_k": "policy"}  # {random: 1000} means {random: {n: 1000}}
+
+
+class StepError(ValueError):
+    """A bad step in a recipe: `path` (within the step: (), (name,) or (name, key)) and what was expected."""
+
+    def __init__(self, path: tuple, msg: str):
+        super().__init__(msg)
+        self.path = path
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+# Checks of parameter values that need no data: (step, key) -> (is it valid, what was expected)
+_VALUES = {("random", "n"): (_is_count, "a positive integer"), ("longest", "n"): (_is_count, "a positive integer"),
+           ("random", "like"): (lambda v: isinstance(v, str), "the name of another arm"),
+           ("longest", "like"): (lambda v: isinstance(v, str), "the name of another arm"),
+           ("random", "match"): (lambda v: v in ("count", "length"), "count or length"),
+           ("random", "by"): (lambda v: v in ("chars", "words"), "chars or words"),
+           ("longest", "by"): (lambda v: v in ("chars", "words"), "chars or words")}
+
+
+def parse_step(raw) -> tuple[str, dict]:
+    """'dedup' | {dedup: {...}} | {random: 1000} -> (name, params), its keys and the values that need no data
+    checked; raises StepError."""
+    if isinstance(raw, str):
+        name, params = raw, {}
+    elif isinstance(raw, dict) and len(raw) == 1:
+        name, params = next(iter(raw.items()))
+    else:
+        raise StepError((), f"expected a step name or a one-key mapping, got {raw!r}")
+    if name not in STEPS:
+        raise StepError((), f"unknown step {name!r}; expected one of {', '.join(STEPS)}")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        if name not in MAIN_PARAM:
+            raise StepError((name,), f"expected a mapping of parameters, got {params!r}")
+        params = {MAIN_PARAM[name]: params}
+    unknown = sorted(set(params) - STEP_KEYS[name])
+    if unknown:
+        raise StepError((name, unknown[0]), f"unknown key; expected one of {', '.join(sorted(STEP_KEYS[name]))}")
+    for key, value in params.items():
+        ok, expected = _VALUES.get((name, key), (None, None))
+        if ok and not ok(value):
+            raise StepError((name, key), f"expected {expected}, got {value!r}")
+    if name in ("random", "longest") and ("n" in params) == ("like" in params):
+        raise StepError((name,), "expected one of n: <count> or like: <arm>")
+    if params.get("match") == "length" and "like" not in params:
+        raise StepError((name, "match"), "match: length needs like: <arm> (the arm whose lengths to match)")
+    scorer = params.get("scorer")
+    if scorer is not None and scorer not in SCORERS:
+        raise StepError((name, "scorer"), f"unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
+    return name, params

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harness import models
 from harness.core.ids import stable_hash
+from harness.core.progress import progress
 
 
 @dataclass
@@ -94,14 +95,16 @@ def _cached_or_compute(journal: Journal, texts: list[str], batch_size: int, load
     meter.cached += len(set(keys)) - len(missing)
     if missing:
         load()
-    for i in range(0, len(missing), batch_size):
-        chunk = missing[i:i + batch_size]
-        t0 = time.perf_counter()
-        values = compute([t for _, t in chunk])
-        share = (time.perf_counter() - t0) / len(chunk)
-        journal.append([{"key": k, "value": v, "tokens": n, "seconds": share}
-                        for (k, _), (v, n) in zip(chunk, values)])
-        meter.computed += len(chunk)
+    with progress(f"{journal.path.parent.name} {journal.path.stem}", len(missing), unit="prompts") as advance:
+        for i in range(0, len(missing), batch_size):
+            chunk = missing[i:i + batch_size]
+            t0 = time.perf_counter()
+            values = compute([t for _, t in chunk])
+            share = (time.perf_counter() - t0) / len(chunk)
+            journal.append([{"key": k, "value": v, "tokens": n, "seconds": share}
+                            for (k, _), (v, n) in zip(chunk, values)])
+            meter.computed += len(chunk)
+            advance(len(chunk))
     out = [journal.records[k] for k in keys]
     for rec in {k: journal.records[k] for k in keys}.values():  # each distinct prompt once
         meter.generated_tokens += rec["tokens"]

@@ -92,37 +92,14 @@ def _source_spec(name: str, m: Matrix, arm: str, skip_bad: bool = False) -> dict
             "defects": {**world.DEFAULT_DEFECTS, **spec.get("defects", {})}}
 
 
-# a scalar step value is the step's main parameter: {filter: verifier}, {diversity: 1000}, {distill: smollm2-135m}
-MAIN_PARAM = {"filter": "scorer", "random": "n", "balance": "n", "diversity": "n", "dedup": "method",
-              "distill": "teacher", "best_of_k": "policy"}
-
-
 def _step(raw, arm: str, i: int) -> tuple[str, dict]:
-    """'dedup' | {dedup: {...}} | {filter: verifier}; parameters are checked against the step's known keys, and a
-    model's fingerprint joins the parameters (a changed teacher gives a new data set id)."""
+    """A recipe step (curate.parse_step checks it); a model's fingerprint joins the parameters (a changed teacher
+    gives a new data set id)."""
     where = f"arms.{arm}.steps.{i}"
-    if isinstance(raw, str):
-        name, params = raw, {}
-    elif isinstance(raw, dict) and len(raw) == 1:
-        name, params = next(iter(raw.items()))
-    else:
-        raise SpecError(f"{where}: expected a step name or a one-key mapping, got {raw!r}")
-    if name not in curate.STEPS:
-        raise SpecError(f"{where}: unknown step {name!r}; expected one of {', '.join(curate.STEPS)}")
-    if params is None:
-        params = {}
-    elif not isinstance(params, dict):
-        if name not in MAIN_PARAM:
-            raise SpecError(f"{where}.{name}: expected a mapping of parameters, got {params!r}")
-        params = {MAIN_PARAM[name]: params}
-    unknown = sorted(set(params) - curate.STEP_KEYS[name])
-    if unknown:
-        raise SpecError(f"{where}.{name}.{unknown[0]}: unknown key; expected one of "
-                        f"{', '.join(sorted(curate.STEP_KEYS[name]))}")
-    scorer = params.get("scorer")
-    if scorer is not None and scorer not in curate.SCORERS:
-        raise SpecError(f"{where}.{name}.scorer: unknown scorer {scorer!r}; expected one of "
-                        f"{', '.join(curate.SCORERS)}")
+    try:
+        name, params = curate.parse_step(raw)
+    except curate.StepError as e:
+        raise SpecError(f"{'.'.join(map(str, (where, *e.path)))}: {e}") from None
     for key in curate.MODEL_KEYS:
         if key in params:
             try:

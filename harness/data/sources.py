@@ -166,3 +166,16 @@ def load_source(source: dict) -> tuple[list[dict], SourceReport]:
     if repeated is not None:  # every decision names an example by its id
         raise SpecError(f"{where}: id {repeated!r} is used by more than one row; ids must be unique")
     return rows, report
+
+
+def validate_sources(sources: list[dict]) -> None:
+    """Read every user data source once (parse, schema, malformed rows named by file:line), so that a bad row stops
+    planning before any model is built; the skills pool is generated and has nothing to check."""
+    seen = set()
+    for source in sources:
+        key = json.dumps(source, sort_keys=True)
+        if source["kind"] != "skills_pool" and key not in seen:
+            seen.add(key)
+            load_source(source)
+
+

@@ -1,4 +1,5 @@
-"""Scoring with lm-eval: tasks/ YAMLs (or registry task names), an in-memory model, per-sample rows kept.
+"""Scoring with lm-eval: task YAMLs (tasks/, include folders, paths) or registry task names, an in-memory model,
+per-sample rows kept.
 
 Learn tasks are rendered through the model's chat template (the format fine-tuning teaches); forget tasks are scored
 on the raw language model (what the base knew), so the two groups are two simple_evaluate calls.
@@ -6,17 +7,24 @@ on the raw language model (what the base knew), so the two groups are two simple
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import harness
 from harness.core.ids import stable_hash
 from harness.data import world
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+if TYPE_CHECKING:
+    from harness.spec import Matrix
+
+TASKS_DIR = Path(harness.__file__).resolve().parent / "tasks"  # package data: ships in the wheel
 
 
 class TaskNotFound(ValueError):
@@ -29,48 +37,127 @@ class TaskScores:
     samples: list[dict] = field(default_factory=list)  # task, task_group, doc_id, prompt, target, response, score, metrics (json)
 
 
-def local_task_path(name: str, tasks_dir: Path = TASKS_DIR) -> Path | None:
-    path = tasks_dir / f"{name}.yaml"
-    return path if path.exists() else None
-
-
-def task_config(name: str, tasks_dir: Path = TASKS_DIR) -> dict | str:
-    """A tasks/ YAML as a config dict with data_files made absolute (lm-eval resolves them against the CWD);
-    a registry task name is passed through as the string."""
-    path = local_task_path(name, tasks_dir)
-    if path is None:
-        return name
+def _load_yaml(path: Path, resolve_func: bool = True) -> dict:
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    cfg = load_yaml(path)
-    files = cfg.get("dataset_kwargs", {}).get("data_files")
+    return load_yaml(path, resolve_func=resolve_func)
+
+
+@functools.cache
+def _index(folder: Path) -> dict[str, Path]:
+    """Task name -> YAML for every task under `folder` (lm-eval's include_path: every *.yaml, recursively, by its
+    `task:` key; files without one, such as templates, are skipped)."""
+    out = {}
+    for path in sorted(folder.rglob("*.yaml")):
+        try:
+            name = _load_yaml(path, resolve_func=False).get("task")
+        except Exception as e:  # noqa: BLE001  a YAML lm-eval could not read either: say which one
+            raise TaskNotFound(f"{path}: not a readable task YAML ({str(e).splitlines()[0]})") from None
+        if isinstance(name, str):
+            out.setdefault(name, path)
+    return out
+
+
+def task_dirs(include: list[str] | tuple[str, ...] = ()) -> tuple[Path, ...]:
+    """Where task names are looked up: the include folders first (a user's task may shadow a built-in), then tasks/."""
+    return (*(Path(d).expanduser().resolve() for d in include), TASKS_DIR)
+
+
+def split_refs(refs: list[str], include: list[str] | tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Task references as names plus include folders: a path to a task YAML becomes its `task:` name, its folder
+    joining the include list (so a cell's config names tasks the same way wherever the YAML lives)."""
+    names, dirs = [], [str(Path(d).expanduser().resolve()) for d in include]
+    for ref in refs:
+        if not ref.endswith((".yaml", ".yml")):
+            names.append(ref)
+            continue
+        path = Path(ref).expanduser().resolve()
+        if not path.is_file():
+            raise TaskNotFound(f"task {ref!r}: no such file")
+        name = _load_yaml(path, resolve_func=False).get("task")
+        if not isinstance(name, str):
+            raise TaskNotFound(f"{ref}: no `task:` name in this YAML (a group or a template?)")
+        names.append(name)
+        if str(path.parent) not in dirs:
+            dirs.append(str(path.parent))
+    return names, dirs
+
+
+def local_task_path(name: str, include: list[str] | tuple[str, ...] = ()) -> Path | None:
+    for folder in task_dirs(include):
+        path = _index(folder).get(name)
+        if path:
+            return path
+    return None
+
+
+def _data_files(cfg: dict) -> list[str]:
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files") or []
+    files = list(files.values()) if isinstance(files, dict) else [files]
+    return [f for v in files for f in ([v] if isinstance(v, str) else v)]
+
+
+def _absolute(files, folder: Path):
     if isinstance(files, dict):
-        cfg["dataset_kwargs"]["data_files"] = {k: str((path.parent / v).resolve()) for k, v in files.items()}
+        return {k: _absolute(v, folder) for k, v in files.items()}
+    if isinstance(files, list):
+        return [_absolute(v, folder) for v in files]
+    return str((folder / files).resolve())
+
+
+def reads_data_from_cwd(path: Path) -> bool:
+    """Whether plain lm-eval would look for this YAML's data relative to the working directory (relative data_files
+    and no loader of its own): the lm_eval command for it must then run from the YAML's folder."""
+    cfg = _load_yaml(path, resolve_func=False)
+    return "custom_dataset" not in cfg and any(not Path(f).is_absolute() for f in _data_files(cfg))
+
+
+def task_config(name: str, include: list[str] | tuple[str, ...] = ()) -> dict | str:
+    """A local task YAML as a config dict with data_files made absolute (relative to the task's YAML, which
+    `datasets` would otherwise resolve against the CWD); a registry task name is passed through as the string."""
+    path = local_task_path(name, include)
+    if path is None:
+        return name
+    cfg = _load_yaml(path)
+    if (cfg.get("dataset_kwargs") or {}).get("data_files"):
+        cfg["dataset_kwargs"]["data_files"] = _absolute(cfg["dataset_kwargs"]["data_files"], path.parent)
     return cfg
 
 
-def task_fingerprint(names: list[str], tasks_dir: Path = TASKS_DIR) -> str:
-    """A hash of the task definitions and their data, so a changed eval set gives new cell ids."""
+def _code(obj) -> str:
+    """A YAML `!function` in the fingerprint: its name and its module's source (not its memory address)."""
+    if callable(obj):
+        module = inspect.getmodule(obj)
+        return f"function {obj.__qualname__} {stable_hash(inspect.getsource(module)) if module else ''}"
+    return str(obj)
+
+
+def task_fingerprint(names: list[str], include: list[str] | tuple[str, ...] = ()) -> str:
+    """A hash of the task definitions and their data, so a changed eval set gives new cell ids. Where a task lives
+    (tasks/, an include folder) and how its data files are read (`custom_dataset`) are not part of it: the same
+    tasks give the same ids in any checkout, wherever it lives."""
     parts = []
     for name in sorted(names):
-        path = local_task_path(name, tasks_dir)
+        path = local_task_path(name, include)
         if path is None:
             parts.append(("registry", name))
             continue
-        # The YAML as written (data_files relative to tasks/) plus the data bytes: the same tasks give the
-        # same ids in any checkout, wherever it lives.
-        from lm_eval.tasks._yaml_loader import load_yaml
-
-        cfg = load_yaml(path)
-        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
-        data = sorted(stable_hash((path.parent / p).read_bytes()) for p in files.values())
-        parts.append((name, json.dumps(cfg, sort_keys=True, default=str), data))
+        cfg = _load_yaml(path)
+        loader = cfg.pop("custom_dataset", None)
+        files = _data_files(cfg)
+        try:
+            data = sorted(stable_hash((path.parent / p).read_bytes()) for p in files)
+        except OSError as e:
+            raise TaskNotFound(f"{path}: data file {e.filename}: {e.strerror}") from None
+        if loader is not None and not files:  # data only its loader knows: its code stands for it
+            data = [_code(loader)]
+        parts.append((name, json.dumps(cfg, sort_keys=True, default=_code), data))
     return f"{stable_hash(parts):016x}"
 
 
-def check_tasks(names: list[str], tasks_dir: Path = TASKS_DIR) -> list[str]:
-    """Names that are neither in tasks/ nor in lm-eval's registry (indexing the registry costs ~6 s, so only then)."""
-    missing = [n for n in names if local_task_path(n, tasks_dir) is None]
+def check_tasks(names: list[str], include: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Names that are in no task folder nor in lm-eval's registry (indexing the registry costs ~6 s, so only then)."""
+    missing = [n for n in names if local_task_path(n, include) is None]
     if not missing:
         return []
     from lm_eval.tasks import TaskManager
@@ -79,19 +166,43 @@ def check_tasks(names: list[str], tasks_dir: Path = TASKS_DIR) -> list[str]:
     return [n for n in missing if n not in known]
 
 
+def unknown_task_message(name: str, include: list[str] | tuple[str, ...] = ()) -> str:
+    where = ", ".join(str(d) for d in task_dirs(include))
+    return (f"unknown task {name!r}; expected a task YAML path, a task in {where} (add folders with eval.include / "
+            f"--include), or an lm-eval registry task (`lm_eval ls tasks`)")
+
+
+def resolve_tasks(m: Matrix) -> Matrix:
+    """The matrix with its task YAML paths turned into names plus include folders; raises SpecError on a task
+    found nowhere or a task data file that is missing."""
+    from harness.spec import SpecError
+
+    try:
+        learn, include = split_refs(m.eval.learn, m.eval.include)
+        forget, include = split_refs(m.eval.forget, include)
+        m = dataclasses.replace(m, eval=dataclasses.replace(m.eval, learn=learn, forget=forget, include=include))
+        missing = check_tasks(learn + forget, include)
+        if missing:
+            group = "learn" if missing[0] in learn else "forget"
+            raise SpecError(f"eval.{group}: {unknown_task_message(missing[0], include)}")
+        task_fingerprint(learn + forget, include)  # reads every data file: a missing one fails here
+    except TaskNotFound as e:
+        raise SpecError(f"eval: {e}") from None
+    return m
+
+
 @functools.cache
-def _tasks(names: tuple[str, ...], tasks_dir: Path):
+def _tasks(names: tuple[str, ...], include: tuple[str, ...]):
     """The lm-eval Task objects, built (datasets loaded, docs processed) once per process and reused by every cell
     a worker evaluates; each evaluation still builds its own requests from them."""
     from lm_eval.tasks import TaskManager
 
-    registry = any(local_task_path(n, tasks_dir) is None for n in names)
-    manager = TaskManager(include_path=str(tasks_dir), include_defaults=registry)
+    registry = any(local_task_path(n, include) is None for n in names)
+    manager = TaskManager(include_path=[str(d) for d in task_dirs(include)], include_defaults=registry)
     try:
-        loaded = manager.load([task_config(n, tasks_dir) for n in names])
+        loaded = manager.load([task_config(n, include) for n in names])
     except KeyError as e:
-        raise TaskNotFound(f"unknown task {e}: not in {tasks_dir} nor in lm-eval's registry "
-                           f"(see `lm_eval ls tasks`)") from None
+        raise TaskNotFound(unknown_task_message(str(e).strip("'\""), include)) from None
     return manager, list(loaded["tasks"].values())
 
 
@@ -120,14 +231,14 @@ def _sample_row(task: str, s: dict, output_type: str, primary: str) -> dict:
             "response": response, "score": metrics.get(primary), "metrics": json.dumps(metrics)}
 
 
-def _run(model, tokenizer, names: list[str], group: str, chat: bool, tasks_dir: Path, limit: int | None,
+def _run(model, tokenizer, names: list[str], group: str, chat: bool, include: tuple[str, ...], limit: int | None,
          batch_size: int, device: str, autocast) -> TaskScores:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               mixed_precision_dtype=autocast, max_length=getattr(tokenizer, "model_max_length", None))
-    manager, tasks = _tasks(tuple(names), tasks_dir)
+    manager, tasks = _tasks(tuple(names), include)
     res = simple_evaluate(lm, tasks=tasks, task_manager=manager, limit=limit, apply_chat_template=chat,
                           log_samples=True, bootstrap_iters=100, random_seed=0, numpy_random_seed=0,
                           torch_random_seed=0, fewshot_random_seed=0)
@@ -151,7 +262,7 @@ def _run(model, tokenizer, names: list[str], group: str, chat: bool, tasks_dir: 
     return out
 
 
-def evaluate(model, tokenizer, learn: list[str], forget: list[str], tasks_dir: Path = TASKS_DIR,
+def evaluate(model, tokenizer, learn: list[str], forget: list[str], include: list[str] | tuple[str, ...] = (),
              limit: int | None = None, batch_size: int = 32, device: str = "cpu", autocast=None) -> TaskScores:
     """Score an in-memory model on the learn tasks (chat template on) and the forget tasks (raw LM)."""
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -159,7 +270,7 @@ def evaluate(model, tokenizer, learn: list[str], forget: list[str], tasks_dir: P
     out = TaskScores()
     for names, group, chat in ((learn, "learn", True), (forget, "forget", False)):
         if names:
-            part = _run(model, tokenizer, names, group, chat, tasks_dir, limit, batch_size, device, autocast)
+            part = _run(model, tokenizer, names, group, chat, tuple(include), limit, batch_size, device, autocast)
             out.metrics += part.metrics
             out.samples += part.samples
     return out

@@ -2,23 +2,23 @@
 
 A byte-level BPE tokenizer (digits split one by one, so that arithmetic is learnable at this size) and a small Llama,
 trained as a plain causal LM (loss on every token) with the same loop as fine-tuning. The result is an HF folder
-cached under results/bases/<name>-<hash>/, where the hash covers the recipe, the Python version (the prose comes from
-its stdlib) and the harness data version. Nothing is downloaded.
+cached under $HARNESS_CACHE/bases/<name>-<hash>/ (harness/core/cache.py), where the hash covers the recipe, the
+Python version (the prose comes from its stdlib) and the harness data version. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from harness import DATA_VERSION
+from harness.core.cache import build_once, cache_dir
 from harness.core.ids import stable_hash
+from harness.core.progress import progress
 from harness.data.world import pretraining_texts, python_version_tag
 
 # The template the tiny model is fine-tuned and evaluated with; also the fallback for models that ship none.
@@ -99,16 +99,21 @@ def pretraining_batches(token_ids: list[int], seq_len: int, batch_size: int, see
             yield Batch(x, x, None, None, x.numel())  # full rows: no padding, no mask
 
 
-def build_base(recipe: BaseRecipe, root: Path, on_step: Callable | None = None, log=print) -> Path:
-    """Build (or find cached) the base model; returns its HF folder."""
-    out = root / recipe.id
-    if (out / "config.json").exists():
-        return out
+def build_base(recipe: BaseRecipe, root: Path | None = None, on_step: Callable | None = None, log=print) -> Path:
+    """Build (or find cached) the base model under ROOT (default: the shared cache's bases/); returns its HF folder.
+    Two processes asking at once build it once."""
+    out = (root or cache_dir("bases")) / recipe.id
+    return build_once(out, lambda tmp: _pretrain(recipe, tmp, on_step, log),
+                      done=lambda p: (p / "config.json").exists())
+
+
+def _pretrain(recipe: BaseRecipe, tmp: Path, on_step: Callable | None, log) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from harness.train.sft import optimize
 
+    log(f"base {recipe.id}: not in the cache ({tmp.parent}), pretraining it once")
     t0 = time.perf_counter()
     texts = pretraining_texts(seed=recipe.seed, fact_repeats=recipe.fact_repeats, n_demos=recipe.n_demos)
     if recipe.max_docs:
@@ -128,20 +133,17 @@ def build_base(recipe: BaseRecipe, root: Path, on_step: Callable | None = None, 
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     config._attn_implementation = "eager"  # the faster kernel on CPU at this size (see train.attention_for)
     model = LlamaForCausalLM(config)
-    curve = optimize(model, pretraining_batches(ids, recipe.seq_len, recipe.batch_size, recipe.seed),
-                     total_steps=recipe.steps, lr=recipe.lr, schedule="cosine", warmup=0.05,
-                     weight_decay=0.1, on_step=on_step,
-                     fused=False)  # the per-parameter AdamW the bases were first built with: a base id hashes its
-                                   # recipe, so its weights must not change under it
-    tmp = root / f".{recipe.id}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with progress(f"base {recipe.id}: pretraining", recipe.steps, unit="steps") as advance:  # 2-3 min for tiny
+        curve = optimize(model, pretraining_batches(ids, recipe.seq_len, recipe.batch_size, recipe.seed),
+                         total_steps=recipe.steps, lr=recipe.lr, schedule="cosine", warmup=0.05,
+                         weight_decay=0.1, on_step=on_step or (lambda rec, total: advance(1)),
+                         fused=False)  # the per-parameter AdamW the bases were first built with: a base id hashes its
+                                       # recipe, so its weights must not change under it
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
     (tmp / "harness_base.json").write_text(json.dumps({
         "recipe": dataclasses.asdict(recipe), "id": recipe.id, "params": n_params, "corpus_tokens": len(ids),
         "final_loss": curve[-1].loss, "seconds": time.perf_counter() - t0, "python": python_version_tag()}, indent=1))
-    os.replace(tmp, out)  # atomic: a folder with config.json is always complete
     log(f"base {recipe.id}: {n_params / 1e6:.2f}M params, final loss {curve[-1].loss:.3f}, "
-        f"{time.perf_counter() - t0:.0f}s -> {out}")
-    return out
+        f"{time.perf_counter() - t0:.0f}s")

