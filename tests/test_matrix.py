@@ -121,6 +121,7 @@ def _finished(results: Path) -> list[Path]:
     return [p for p in (results / "runs").glob("*/result.json")]
 
 
+@pytest.mark.slow
 def test_resume_after_kill(results):
     """kill -9 the whole run after the first cell lands; the rerun finishes the rest and duplicates nothing."""
     cmd = [sys.executable, "-m", "harness.cli", "matrix", "run", str(CI_MATRIX), "--results", str(results),

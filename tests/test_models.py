@@ -105,6 +105,7 @@ def packaged_alias(fake_package, monkeypatch):
     return "fake-micro"
 
 
+@pytest.mark.slow
 def test_packaged_gguf_alias_is_dequantized_once_and_cached(packaged_alias, micro_base, tmp_path):
     from transformers import AutoModelForCausalLM
 

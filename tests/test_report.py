@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness import store
-from harness.analysis import report, stats
+from harness.analysis import charts, report, stats
 from harness.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def test_cost_axis_prefers_dollars_then_flops(syn):
 def test_pareto_front():
     cost = np.array([1.0, 2.0, 3.0, 3.0, 4.0])
     score = np.array([0.5, 0.4, 0.7, 0.6, 0.7])
-    assert report.pareto(cost, score).tolist() == [True, False, True, False, False]
+    assert charts.pareto(cost, score).tolist() == [True, False, True, False, False]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,6 +267,7 @@ def _render(browser: Chromium, html: Path) -> dict:
             "injected_text": browser.eval("document.body.innerText.includes('<script>window.__pwned = 1</script>')")}
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(chromium, syn, ci_run, tmp_path):
     _, html = syn
     page = _render(chromium, html)

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from harness import __version__, store
-from harness.analysis import stats
+from harness.analysis import charts, stats
+from harness.analysis.charts import arm_wide
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 BROWSER_DOCS = 8  # examples per task in the sample browser
@@ -90,11 +91,6 @@ def _p(p) -> str:
     if p is None or pd.isna(p):
         return "–"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    """JSON-safe rows for a chart (NaN is not JSON: it becomes null)."""
-    return json.loads(df.to_json(orient="records"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,29 +217,10 @@ def cost_axis(runs: pd.DataFrame) -> tuple[str, str, str]:
         "training tokens per run (cost estimates in USD or FLOPs are not filled in for these runs)"
 
 
-def pareto(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mask of the points no other point beats on both cost (lower) and score (higher)."""
-    order = np.lexsort((-y, x))  # cheapest first; at equal cost the best first
-    ys = y[order]
-    cheaper_best = np.concatenate([[-np.inf], np.maximum.accumulate(ys)[:-1]])
-    front = np.zeros(len(x), bool)
-    front[order] = ys > cheaper_best
-    return front
-
-
-def _arm_wide(arms: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """One row per (model, method, arm): value, ci_low, ci_high of each metric as metric, metric_lo, metric_hi."""
-    keys = ["model", "method", "method_kind", "arm", "role", "n_seeds", "seeds"]
-    sub = arms[arms["metric"].isin(metrics)].fillna({"arm": "", "role": ""})
-    wide = sub.pivot_table(index=keys, columns="metric", values=["value", "ci_low", "ci_high"], aggfunc="first")
-    wide.columns = [m if v == "value" else f"{m}_{'lo' if v == 'ci_low' else 'hi'}" for v, m in wide.columns]
-    return wide.reset_index()
-
-
 def headline(s: stats.Scores, t: stats.Tables, cost_col: str) -> tuple[list[str], list[list[str]]]:
     forget_tasks = [n for n, task in s.tasks.items() if task.group == "forget"]
     mets = ["learn", "learn_gain", "forget"] + [f"{n}:vs_base" for n in forget_tasks]
-    wide = _arm_wide(t.arms, mets)
+    wide = arm_wide(t.arms, mets)
     per = s.runs.groupby(["model", "method", s.runs["arm"].fillna("")]).agg(
         examples=("examples", "mean"), epochs=("epochs", "mean"), tokens=("train_tokens", "mean"),
         cost=(cost_col, "mean")).reset_index()
@@ -296,137 +273,6 @@ def baseline_rows(runs: pd.DataFrame, cmp: pd.DataFrame) -> list[dict]:
              "verdict": "beats it" if r.beats else "does not beat it", "beats": r.beats} for r in v.itertuples()]
 
 
-def charts(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[str, str, str]) -> dict[str, dict]:
-    import altair as alt
-
-    runs = s.runs
-    rv = t.runs.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
-    have = [m for m in ("learn", "learn_gain", "forget") if m in rv.columns]
-    pts = runs.merge(rv[have], left_on="run_id", right_index=True, how="left")
-    sft = pts[pts["kind"] == "sft"].copy()
-    base_learn = pts.loc[pts["kind"] == "base", ["model"] + (["learn"] if "learn" in have else [])]
-    wide = _arm_wide(t.arms, have)
-    arms_sft = wide[wide["method_kind"] != "base"].copy()
-    per = runs.groupby(["model", "method", runs["arm"].fillna("")]).agg(examples=("examples", "mean"),
-                                                                         cost=(cost[0], "mean")).reset_index()
-    arms_sft = arms_sft.merge(per, on=["model", "method", "arm"], how="left")
-    methods = list(dict.fromkeys(sft["method"]))
-    role_scale = alt.Scale(domain=list(stats.ROLE_ORDER),  # curated, the three baselines, bulk
-                           range=["#1b9e77", "#7570b3", "#e7298a", "#e6ab02", "#d95f02"])
-    learn_title = "learn score (mean primary metric over learn tasks)"
-    out: dict[str, dict] = {}
-    used: dict[str, list] = {}
-
-    def data(name: str, rows) -> "alt.Data":
-        """Named data, attached after altair's schema validation (which costs seconds on thousands of rows)."""
-        used[name] = _records(rows) if isinstance(rows, pd.DataFrame) else rows
-        return alt.Data(name=name)
-
-    def spec(chart) -> dict:
-        d = chart.to_dict()
-        d["datasets"] = dict(used)
-        used.clear()
-        return d
-
-    if sft.empty or "learn" not in have:
-        return out
-
-    # quality vs quantity: one panel per method; runs as dots, arm means with intervals, the base as a rule
-    panels = []
-    for method in methods:
-        r = sft[sft["method"] == method]
-        a = arms_sft[arms_sft["method"] == method]
-        x = alt.X("examples:Q", scale=alt.Scale(type="log"), title="training examples in the arm (log scale)")
-        dots = alt.Chart(data(f"runs_{method}", r[["run_id", "arm", "role", "seed", "examples", "learn"]])) \
-            .mark_point(opacity=0.5, size=30).encode(
-                x=x, y=alt.Y("learn:Q", title=learn_title), color=alt.Color("role:N", scale=role_scale, title="arm"),
-                tooltip=["arm:N", "seed:Q", "examples:Q", alt.Tooltip("learn:Q", format=".3f"), "run_id:N"])
-        recs = a[["arm", "role", "examples", "learn", "learn_lo", "learn_hi"]]
-        mean = alt.Chart(data(f"arms_{method}", recs)).encode(x=x, color=alt.Color("role:N", scale=role_scale, title="arm"))
-        layers = [dots, mean.mark_line(strokeDash=[4, 3]).encode(y="learn:Q", detail="role:N"),
-                  mean.mark_errorbar(ticks=True).encode(y=alt.Y("learn_lo:Q", title=learn_title), y2="learn_hi:Q"),
-                  mean.mark_point(filled=True, size=90).encode(
-                      y="learn:Q", shape=alt.Shape("arm:N", title="arm name"),
-                      tooltip=["arm:N", "role:N", "examples:Q", alt.Tooltip("learn:Q", format=".3f"),
-                               alt.Tooltip("learn_lo:Q", format=".3f"), alt.Tooltip("learn_hi:Q", format=".3f")])]
-        if len(base_learn):
-            layers.append(alt.Chart(data("base", base_learn)).mark_rule(color="gray", strokeDash=[2, 2])
-                          .encode(y="learn:Q", tooltip=["model:N", alt.Tooltip("learn:Q", format=".3f")]))
-        panels.append(alt.layer(*layers).properties(title=f"{method}", width=320, height=260))
-    out["quantity"] = spec(alt.hconcat(*panels).resolve_scale(y="shared"))
-
-    # cost vs performance, with the Pareto front over (method, arm) means
-    col, title, _ = cost
-    a = arms_sft.dropna(subset=["cost"]).copy()
-    if len(a):
-        a["pareto"] = pareto(a["cost"].to_numpy(float), a["learn"].to_numpy(float))
-        a["config"] = a["method"] + " / " + a["arm"]
-        x = alt.X("cost:Q", scale=alt.Scale(type="log", nice=False, padding=24), title=title)
-        enc = alt.Chart(data("arms", a[["config", "method", "arm", "role", "cost", "learn", "learn_lo", "learn_hi",
-                                         "pareto"]]))
-        front = a[a["pareto"]].sort_values("cost")
-        layers = [
-            alt.Chart(data("runs", sft[["run_id", "method", "arm", col, "learn"]].rename(columns={col: "cost"}))).mark_point(opacity=0.35, size=20).encode(
-                x=x, y="learn:Q", color=alt.Color("method:N", title="method"), tooltip=["run_id:N", "arm:N"]),
-            enc.mark_errorbar().encode(x=x, y=alt.Y("learn_lo:Q", title=learn_title), y2="learn_hi:Q",
-                                       color="method:N"),
-            alt.Chart(data("front", front[["cost", "learn"]])).mark_line(
-                color="black", strokeDash=[6, 3], interpolate="step-after").encode(x=x, y="learn:Q"),
-            enc.mark_point(filled=True, size=100).encode(
-                x=x, y="learn:Q", color="method:N", shape=alt.Shape("role:N", title="arm"),
-                tooltip=["config:N", alt.Tooltip("cost:Q", format=",.4~g"), alt.Tooltip("learn:Q", format=".3f"),
-                         "pareto:N"]),
-            enc.transform_filter("datum.pareto").mark_point(size=320, color="black", strokeWidth=1.5).encode(
-                x=x, y="learn:Q"),
-        ]
-        out["cost"] = spec(alt.layer(*layers).properties(
-            width=560, height=320, title="black rings and the dashed step: the Pareto front (cheaper and better)"))
-
-    # learn vs forget: one point per run
-    if "forget" in have and "learn_gain" in have and sft[["learn_gain", "forget"]].notna().all(axis=1).any():
-        d = sft[["run_id", "method", "method_kind", "arm", "role", "seed", "learn_gain", "forget"]].dropna(
-            subset=["learn_gain", "forget"]).copy()
-        d["forget_pct"] = d["forget"] * 100
-        zero = alt.Chart(data("zero", [{"z": 0}]))
-        out["learn_forget"] = spec(alt.layer(
-            zero.mark_rule(color="gray").encode(x="z:Q"), zero.mark_rule(color="gray").encode(y="z:Q"),
-            alt.Chart(data("runs", d)).mark_point(filled=True, size=80, opacity=0.8).encode(
-                x=alt.X("forget_pct:Q", title="forget: relative loss of the base's forget-task scores (%, "
-                                              "right = forgot more)"),
-                y=alt.Y("learn_gain:Q", title="learn gain over the base (mean primary metric, up = learned more)"),
-                color=alt.Color("method_kind:N", title="method (full vs LoRA)"),
-                shape=alt.Shape("arm:N", title="arm"),
-                tooltip=["run_id:N", "method:N", "arm:N", "seed:Q", alt.Tooltip("learn_gain:Q", format=".3f"),
-                         alt.Tooltip("forget_pct:Q", format=".2f")])).properties(width=560, height=340))
-
-    if len(losses):
-        out["loss"] = spec(alt.Chart(data("loss", losses)).mark_line(strokeWidth=1.2, opacity=0.85).encode(
-            x=alt.X("step:Q", title="optimizer step"),
-            y=alt.Y("loss:Q", title="training loss (cross-entropy, nats per response token)"),
-            color=alt.Color("arm:N", title="arm"), strokeDash=alt.StrokeDash("seed:N", title="seed"),
-            detail="run_id:N", tooltip=["arm:N", "seed:N", "step:Q", alt.Tooltip("loss:Q", format=".3f")]) \
-            .properties(width=320, height=240).facet(column=alt.Column("method:N", title="method")))
-
-    cmp = t.comparisons[t.comparisons["metric"].isin(["learn", "forget"])].dropna(subset=["diff", "se"]).copy()
-    if len(cmp):
-        cmp["pair"] = np.where(cmp["kind"] == "arms", cmp["a_method"] + ": " + cmp["a_arm"] + " − " + cmp["b_arm"],
-                               cmp["a_arm"] + ": " + cmp["a_method"] + " − " + cmp["b_method"])
-        cmp["result"] = np.where(cmp["significant"], "significant (Holm)", "not significant")
-        base = alt.Chart(data("cmp", cmp[["pair", "metric", "diff", "ci_low", "ci_high", "p_holm", "result"]]))
-        y = alt.Y("pair:N", title=None, sort=None)
-        out["forest"] = spec(alt.layer(
-            base.mark_rule(color="gray").encode(x=alt.datum(0)),
-            base.mark_errorbar(ticks=True).encode(y=y, x=alt.X("ci_low:Q", title="difference a − b with its "
-                                                               "interval (learn: score; forget: relative loss)"),
-                                                  x2="ci_high:Q", color=alt.Color("result:N", title=None)),
-            base.mark_point(filled=True, size=60).encode(
-                y=y, x="diff:Q", color="result:N",
-                tooltip=["pair:N", "metric:N", alt.Tooltip("diff:Q", format=".4f"),
-                         alt.Tooltip("p_holm:Q", format=".4g")])).properties(width=300) \
-            .facet(column=alt.Column("metric:N", title="metric")).resolve_scale(x="independent"))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -455,7 +301,7 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
                  _count(r.steps), _count(r.examples), "–" if pd.isna(r.epochs) else f"{r.epochs:.2f}",
                  _count(r.train_tokens), _num(r.train_seconds, 1)] for r in runs.itertuples()]
     cols, rows = headline(s, tables, cost[0])
-    charts_ = charts(s, tables, losses, cost)
+    charts_ = charts.charts(s, tables, losses, cost)
     agg = {"learn", "forget"}
     context = {
         "matrix": name, "db": str(db.resolve()), "version": __version__,
