@@ -97,7 +97,7 @@ def test_embedding_cache_and_truncation(tmp_path, monkeypatch):
     from harness.data import embed
 
     long = " ".join(f"{w}," for w in ("alpha beta gamma delta " * 150).split())  # 600 words, >= 1,200 pieces
-    texts = ["What is the capital of France?", long, "How many legs does a spider have?"]
+    texts = ["What is the capital of Freedonia?", long, "How many legs does a woodlouse have?"]  # no other test's
     first = generate.Meter()
     v = embed.embed(texts, "minilm", tmp_path, first)
     assert (first.computed, first.cached) == (3, 0) and first.compute_seconds > 0
