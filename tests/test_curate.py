@@ -89,9 +89,9 @@ def test_embedding_dedup_and_diversity_with_minilm(tmp_path, monkeypatch):
 
 
 def test_embedding_cache_and_truncation(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))  # no texts embedded by earlier tests
     """A second call embeds nothing (and still reports what the texts cost); a text longer than the 256 word pieces
     MiniLM reads embeds exactly as its truncation does, and as the model does with the whole text."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))  # no texts embedded by earlier tests
     import numpy as np
 
     from harness.data import embed
