@@ -90,15 +90,15 @@ def test_embedding_dedup_and_diversity_with_minilm(tmp_path, monkeypatch):
 
 
 def test_embedding_cache_and_truncation(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))  # no texts embedded by earlier tests
     """A second call embeds nothing (and still reports what the texts cost); a text longer than the 256 word pieces
     MiniLM reads embeds exactly as its truncation does, and as the model does with the whole text."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "shared"))  # no texts embedded by earlier tests
     import numpy as np
 
     from harness.data import embed
 
     long = " ".join(f"{w}," for w in ("alpha beta gamma delta " * 150).split())  # 600 words, >= 1,200 pieces
-    texts = ["What is the capital of France?", long, "How many legs does a spider have?"]
+    texts = ["What is the capital of Freedonia?", long, "How many legs does a woodlouse have?"]  # no other test's
     first = generate.Meter()
     v = embed.embed(texts, "minilm", tmp_path, first)
     assert (first.computed, first.cached) == (3, 0) and first.compute_seconds > 0
