@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, lm-eval) are imported only by the commands
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -71,6 +72,20 @@ def _input_errors():
     from harness.spec import SpecError
 
     return SpecError, ModelError, RecipeError, ExecutorError
+
+
+@contextlib.contextmanager
+def _fd_to(fd: int, f):
+    """Point a file descriptor (2: what C code and subprocesses such as git write to as well) at a file."""
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    os.dup2(f.fileno(), fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def print_table(columns: list[str], rows: list[tuple], title: str | None = None, console: Console = out) -> None:
@@ -284,8 +299,14 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
     from harness.run.cell import run_job
     from harness.run.jobs import Job
 
-    row = run_job(Job(job.id, "base", job.config(), f"eval {model}", None, os.cpu_count() or 1,
-                      __import__("harness").__version__), results, lambda e: None)
+    # lm-eval's own bars and messages go to a log, as a matrix worker's do
+    log = results / "logs" / f"eval-{job.id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"evaluating {model} on {len(ev.learn) + len(ev.forget)} task(s) (library output: {log})", file=sys.stderr,
+          flush=True)
+    with log.open("w") as f, _fd_to(2, f):
+        row = run_job(Job(job.id, "base", job.config(), f"eval {model}", None, os.cpu_count() or 1,
+                          __import__("harness").__version__), results, lambda e: None)
     path = _db(db, results)
     runner.ingest(path, results, [job.id], matrix="eval")
     if row["status"] != "ok":
