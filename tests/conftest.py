@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if MATRIX_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+
+
+def fresh_results(ci_run, tmp_path: Path) -> Path:
+    """A results folder with the data sets of the CI run but no cells (the micro base is in the shared cache)."""
+    results = tmp_path / "results"
+    shutil.copytree(ci_run[0] / "data", results / "data")
+    return results
 
 
 @pytest.fixture(scope="session")

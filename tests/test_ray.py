@@ -2,7 +2,6 @@
 worker processes, 1 CPU each), compared with the local executor's run of the same matrix (the session's `ci_run`)."""
 
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 from harness import store
 from harness.cli import app
 
-from conftest import CI_MATRIX
+from conftest import CI_MATRIX, fresh_results
 
 runner = CliRunner()
 TABLES = ("runs", "train_steps", "evals", "samples", "matrix_cells")
@@ -33,14 +32,6 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
-
-
-def _fresh(ci_run, tmp_path) -> Path:
-    """A results folder with the micro base (and the data sets) of the local run, but no cells."""
-    results = tmp_path / "results"
-    for sub in ("bases", "data"):
-        shutil.copytree(ci_run[0] / sub, results / sub)
-    return results
 
 
 def _counts(db: Path) -> list[int]:
@@ -62,7 +53,7 @@ def test_ray_without_the_extra_is_one_line_exit_2(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_ray_gives_the_local_run_ids_and_scores(cluster, ci_run, tmp_path):
-    results = _fresh(ci_run, tmp_path)
+    results = fresh_results(ci_run, tmp_path)
     res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "ray", "--results", str(results)])
     assert res.exit_code == 0, res.output
     assert "on the ray executor" in res.output and "cell 5/5" in res.output  # plain progress lines (not a terminal)
@@ -84,7 +75,7 @@ def test_cells_come_back_through_the_object_store_without_a_shared_folder(cluste
 
     import pyarrow.parquet as pq
 
-    results = _fresh(ci_run, tmp_path)
+    results = fresh_results(ci_run, tmp_path)
     p = plan(load_matrix(CI_MATRIX))
     jobs = jobs_for(p, {p.bases[0].id, p.cells[0].id}, threads=1)
     events = list(RayExecutor(Run(executor="ray"), threads=1, share=False).run(jobs, results))
@@ -104,7 +95,7 @@ def test_a_failing_task_reports_the_cells_error(cluster, ci_run, tmp_path):
     from harness.spec import Run
 
     job = Job("0123456789ab", "sft", {"model": "micro", "model_fingerprint": "x"}, "broken", 1e-3, 1, "0")
-    events = list(RayExecutor(Run(executor="ray"), threads=1).run([job], _fresh(ci_run, tmp_path)))
+    events = list(RayExecutor(Run(executor="ray"), threads=1).run([job], fresh_results(ci_run, tmp_path)))
     assert events[-1] == Finished(job, "failed", "KeyError: 'train'", None)
 
 
@@ -125,7 +116,7 @@ def _kill_first_cell_worker(results: Path, killed: list) -> None:
 
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_and_the_rows_equal_a_clean_run(cluster, ci_run, tmp_path):
-    results = _fresh(ci_run, tmp_path)
+    results = fresh_results(ci_run, tmp_path)
     (results / "runs").mkdir()
     killed: list = []
     killer = threading.Thread(target=_kill_first_cell_worker, args=(results, killed))
@@ -142,7 +133,7 @@ def test_a_killed_worker_is_retried_and_the_rows_equal_a_clean_run(cluster, ci_r
 def test_a_node_lost_mid_run_the_matrix_still_finishes(cluster, ci_run, tmp_path):
     """The second node goes away while it runs a cell; its cell is retried on the head node. Last in this module: the
     cluster is down to one node afterwards."""
-    results = _fresh(ci_run, tmp_path)
+    results = fresh_results(ci_run, tmp_path)
     (results / "runs").mkdir()
     worker_node = next(n for n in cluster.worker_nodes)
 

@@ -1,7 +1,6 @@
 """The Slurm executor without Slurm: the sbatch script a dry run shows, then the same job array through submitit's
 local executor (real subprocesses) and its debug executor (in this process), each ingested like any cell."""
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,16 +10,9 @@ from typer.testing import CliRunner
 from harness import store
 from harness.cli import app
 
-from conftest import CI_MATRIX
+from conftest import CI_MATRIX, fresh_results
 
 runner = CliRunner()
-
-
-def _fresh(ci_run, tmp_path) -> Path:
-    results = tmp_path / "results"
-    for sub in ("bases", "data"):
-        shutil.copytree(ci_run[0] / sub, results / sub)
-    return results
 
 
 def _scores(db: Path) -> list[tuple]:
@@ -56,7 +48,7 @@ def test_dry_run_shows_the_sbatch_script_and_writes_nothing(tmp_path):
 def test_slurm_array_through_submitits_local_executor_is_ingested(ci_run, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     monkeypatch.setenv("HARNESS_SUBMITIT_CLUSTER", "local")
-    results = _fresh(ci_run, tmp_path)
+    results = fresh_results(ci_run, tmp_path)
     res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "slurm", "--workers", "2",
                               "--results", str(results)])
     assert res.exit_code == 0, res.output
@@ -75,7 +67,7 @@ def test_slurm_debug_executor_runs_in_process(ci_run, tmp_path):
     from harness.run.slurm import SlurmExecutor
     from harness.spec import Run, load_matrix
 
-    results = _fresh(ci_run, tmp_path)
+    results = fresh_results(ci_run, tmp_path)
     p = plan(load_matrix(CI_MATRIX))
     jobs = jobs_for(p, {p.bases[0].id}, threads=1)
     threads = torch.get_num_threads()
