@@ -31,6 +31,9 @@ from typing import Iterator
 from harness.run.jobs import Evaluating, Event, ExecutorError, ExecutorInfo, Finished, Job, Note, Started, Step
 from harness.spec import Run
 
+# the driver's look at finished cells and progress: each look is a few RPCs, which on a small machine take CPU
+# from the cells themselves; a finished cell still wakes ray.wait at once
+POLL_S = 1.0
 STALL_S = 600  # how long cells may wait with no worker up at all (a lost node's replacement may need a new node)
 INSTALL = "--executor ray needs Ray, which is not installed: pip install -e '.[ray]' (or pip install ray==2.60.0)"
 
@@ -185,7 +188,7 @@ class RayExecutor:
                 spawn()
             alive_at = time.monotonic()
             while pending or busy:
-                done, _ = ray.wait(list(starting) + list(busy), num_returns=1, timeout=0.25)
+                done, _ = ray.wait(list(starting) + list(busy), num_returns=1, timeout=POLL_S)
                 out: list[Event] = []  # yielded after the next cells are handed out: actors compute while we ingest
                 for ref in done:
                     if ref in starting:
