@@ -135,7 +135,7 @@ def test_embedding_near_duplicates_across_blocks():
 
     x = np.eye(5, dtype=np.float32)[[0, 1, 0, 2, 1, 3]]  # rows 2 and 4 repeat rows 0 and 1
     for block in (1, 2, 64):
-        m = curate._embedding_dups(x, 0.99, block=block)
+        m = curate.duplicates._embedding_dups(x, 0.99, block=block)
         assert [a if a is None else a[0] for a in m] == [None, None, 0, None, 1, None]
 
 

@@ -1,0 +1,53 @@
+"""What every curation step shares: the Step it returns, the Context it runs in, and its error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.data import generate
+
+
+class RecipeError(ValueError):
+    pass
+
+
+@dataclass
+class Step:
+    kept: list[dict]
+    dropped: list[tuple[str, str, float | None]] = field(default_factory=list)  # (example id, reason, score)
+    score_stats: dict | None = None
+
+
+@dataclass
+class Context:
+    seed: int
+    sizes: dict[str, int]  # dataset sizes of other arms, for {random: {like: arm}}
+    arms: dict[str, list[dict]] = field(default_factory=dict)  # other arms' rows, for {random: {match: length}}
+    results: Path | None = None  # where models, caches of generations and embeddings live
+    meter: generate.Meter = field(default_factory=generate.Meter)  # what the current step's models cost
+
+
+def describe(scores: list[float] | np.ndarray) -> dict | None:
+    """A score distribution for the card and the database: mean, quantiles and a 10-bin histogram."""
+    x = np.asarray(scores, dtype=float)
+    if not len(x):
+        return None
+    counts, edges = np.histogram(x, bins=10)
+    q = np.quantile(x, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {"n": len(x), "mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()),
+            "quantiles": {k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), q)},
+            "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}}
+
+
+def response_length(row: dict, by: str = "chars") -> int:
+    """A response's length in characters (a tokenizer-free proxy for tokens: ~4 a token in English prose) or words."""
+    return len(row["response"]) if by == "chars" else len(row["response"].split())
+
+
+def need_results(ctx: Context, step: str) -> Path:
+    if ctx.results is None:
+        raise RecipeError(f"{step}: needs a results folder (for the model and the generation cache)")
+    return ctx.results
