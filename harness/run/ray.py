@@ -154,100 +154,38 @@ class RayExecutor:
 
         t0 = time.perf_counter()
         results = results.resolve()  # actors run in Ray's own working directory
-        started_here = not ray.is_initialized()
-        if started_here:
-            try:
-                ray.init(address=self.opts.address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
-            except ConnectionError as e:
-                raise ExecutorError(f"--address {self.opts.address}: cannot reach a Ray cluster ({e})") from None
+        started_here = _connect(self.opts.address)
         # the progress queue lives on the driver's node: it must outlast any worker node
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         request, slots = self._resources(jobs)
-        remote = ray.remote(**request)(CellActor)
         token = uuid.uuid4().hex
         marker = results / f".ray-shared-{token}"
         marker.write_text(token)
-        by_id = {j.id: j for j in jobs}
-        starting: dict = {}  # ref of where() -> actor, until the actor is up
-        names: dict = {}  # actor -> "ray <ip> pid <pid>"
-        shared: dict = {}  # actor -> sees the results folder
-        idle: list = []
-        busy: dict = {}  # ref of run() -> (actor, job)
-        attempts: dict[str, int] = {}
-        blobs: dict[str, object] = {}  # input folder -> object ref (only when some actor needs them)
-        pending = deque(jobs)
-
-        def spawn() -> None:
-            actor = remote.remote(progress)
-            starting[actor.where.remote()] = actor
-
+        pool = _Pool(ray.remote(**request)(CellActor), progress, jobs, results, self.opts.retries)
         try:
             for _ in range(slots):
-                spawn()
+                pool.spawn()
             alive_at = time.monotonic()
-            while pending or busy:
-                done, _ = ray.wait(list(starting) + list(busy), num_returns=1, timeout=POLL_S)
+            while pool.pending or pool.busy:
+                done, _ = ray.wait(list(pool.starting) + list(pool.busy), num_returns=1, timeout=POLL_S)
                 out: list[Event] = []  # yielded after the next cells are handed out: actors compute while we ingest
                 for ref in done:
-                    if ref in starting:
-                        actor = starting.pop(ref)
-                        try:
-                            names[actor] = ray.get(ref)
-                            sees = ray.get(actor.sees.remote(str(marker), token)) if self.share is not False else False
-                        except ray.exceptions.RayActorError as e:
-                            out.append(Note(f"a Ray worker could not start ({_reason(e)}); starting another"))
-                            spawn()
-                            continue
-                        shared[actor] = sees
-                        idle.append(actor)
+                    if ref not in pool.starting:
+                        out += pool.collect(ref)
+                    elif (note := pool.up(ref, marker, token, self.share)) is not None:
+                        out.append(note)
+                    else:
                         self.info.parts["worker start"] = time.perf_counter() - t0  # the last to be ready
-                        continue
-                    actor, job = busy.pop(ref)
-                    try:
-                        row, blob = ray.get(ref)
-                    except ray.exceptions.RayActorError as e:  # the worker died: lost node, OOM, kill -9
-                        ray.kill(actor)
-                        spawn()  # a replacement; it waits for room on the cluster if the node is gone
-                        attempts[job.id] = attempts.get(job.id, 0) + 1
-                        if attempts[job.id] <= self.opts.retries:
-                            out.append(Note(f"cell {job.label} ({job.id}): its Ray worker ({names[actor]}) died "
-                                            f"({_reason(e)}); retry {attempts[job.id]} of {self.opts.retries}"))
-                            pending.appendleft(job)
-                        else:
-                            out.append(Finished(job, "failed", f"its Ray worker died {attempts[job.id]} times; "
-                                                f"last: {_reason(e)}", None))
-                        continue
-                    except ray.exceptions.RayTaskError as e:  # outside the recipe (which records its own errors)
-                        idle.append(actor)
-                        cause = e.cause if e.cause is not None else e
-                        out.append(Finished(job, "failed", f"{type(cause).__name__}: {cause}", None))
-                        continue
-                    idle.append(actor)
-                    if blob is not None:
-                        _unpack(blob, results / "runs" / job.id)
-                    out.append(Finished(job, row["status"], row["error"], results / "runs" / job.id))
-                while idle and pending:
-                    actor, job = idle.pop(), pending.popleft()
-                    inputs = {}
-                    if not shared[actor]:
-                        for rel in _inputs(job, results):
-                            if rel not in blobs:
-                                blobs[rel] = ray.put(_pack(results / rel))
-                            inputs[rel] = blobs[rel]
-                    busy[actor.run.remote(job, str(results) if shared[actor] else None, inputs)] = (actor, job)
-                    out.append(Started(job, names[actor]))
-                if idle or busy:
+                out += pool.hand_out()
+                if pool.idle or pool.busy:
                     alive_at = time.monotonic()
                 elif time.monotonic() - alive_at > STALL_S:  # every worker is gone and none can start again
-                    out += [Finished(job, "failed", f"no Ray worker could start for {STALL_S} s (cluster: "
-                                     f"{dict(ray.available_resources())}, a cell needs {request})", None)
-                            for job in pending]
-                    pending.clear()
-                yield from out + self._drain(progress, by_id, busy)
+                    out += pool.give_up(f"no Ray worker could start for {STALL_S} s (cluster: "
+                                        f"{dict(ray.available_resources())}, a cell needs {request})")
+                yield from out + pool.drain()
         finally:
-            for actor in list(starting.values()) + idle + [a for a, _ in busy.values()]:
+            for actor in pool.actors():
                 ray.kill(actor)
             ray.kill(progress.actor)
             marker.unlink(missing_ok=True)
@@ -255,13 +193,116 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    @staticmethod
-    def _drain(progress, by_id: dict, busy: dict) -> list[Event]:
-        """Progress the actors queued since the last look (steps of cells still running)."""
-        n = progress.qsize()
-        running = {job.id for _, job in busy.values()}
+
+def _connect(address: str | None) -> bool:
+    """Attach to the cluster at `address`, or start Ray on this machine; whether this call did (then the run stops
+    it again). A driver that already has Ray up keeps it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as e:
+        raise ExecutorError(f"--address {address}: cannot reach a Ray cluster ({e})") from None
+    return True
+
+
+class _Pool:
+    """The driver's view of its actors (starting, idle, busy with a cell) and of the cells still to hand out."""
+
+    def __init__(self, remote, progress, jobs: list[Job], results: Path, retries: int):
+        self.remote, self.progress, self.results, self.retries = remote, progress, results, retries
+        self.by_id = {j.id: j for j in jobs}
+        self.pending = deque(jobs)
+        self.starting: dict = {}  # ref of where() -> actor, until the actor is up
+        self.names: dict = {}  # actor -> "ray <ip> pid <pid>"
+        self.shared: dict = {}  # actor -> sees the results folder
+        self.idle: list = []
+        self.busy: dict = {}  # ref of run() -> (actor, job)
+        self.attempts: dict[str, int] = {}
+        self.blobs: dict[str, object] = {}  # input folder -> object ref (only when some actor needs them)
+
+    def spawn(self) -> None:
+        actor = self.remote.remote(self.progress)
+        self.starting[actor.where.remote()] = actor
+
+    def actors(self) -> list:
+        return list(self.starting.values()) + self.idle + [a for a, _ in self.busy.values()]
+
+    def up(self, ref, marker: Path, token: str, share: bool | None) -> Note | None:
+        """An actor has started: idle from now on, knowing whether it sees the results folder. A Note (and another
+        actor on its way) when it died starting."""
+        import ray
+
+        actor = self.starting.pop(ref)
+        try:
+            self.names[actor] = ray.get(ref)
+            sees = ray.get(actor.sees.remote(str(marker), token)) if share is not False else False
+        except ray.exceptions.RayActorError as e:
+            self.spawn()
+            return Note(f"a Ray worker could not start ({_reason(e)}); starting another")
+        self.shared[actor] = sees
+        self.idle.append(actor)
+        return None
+
+    def collect(self, ref) -> list[Event]:
+        """A cell's run has returned: its folder put in place, or its actor replaced and the cell retried."""
+        import ray
+
+        actor, job = self.busy.pop(ref)
+        try:
+            row, blob = ray.get(ref)
+        except ray.exceptions.RayActorError as e:  # the worker died: lost node, OOM, kill -9
+            ray.kill(actor)
+            self.spawn()  # a replacement; it waits for room on the cluster if the node is gone
+            self.attempts[job.id] = self.attempts.get(job.id, 0) + 1
+            if self.attempts[job.id] <= self.retries:
+                self.pending.appendleft(job)
+                return [Note(f"cell {job.label} ({job.id}): its Ray worker ({self.names[actor]}) died "
+                             f"({_reason(e)}); retry {self.attempts[job.id]} of {self.retries}")]
+            return [Finished(job, "failed", f"its Ray worker died {self.attempts[job.id]} times; "
+                                            f"last: {_reason(e)}", None)]
+        except ray.exceptions.RayTaskError as e:  # outside the recipe (which records its own errors)
+            self.idle.append(actor)
+            cause = e.cause if e.cause is not None else e
+            return [Finished(job, "failed", f"{type(cause).__name__}: {cause}", None)]
+        self.idle.append(actor)
+        if blob is not None:
+            _unpack(blob, self.results / "runs" / job.id)
+        return [Finished(job, row["status"], row["error"], self.results / "runs" / job.id)]
+
+    def hand_out(self) -> list[Event]:
+        """The next cells to the idle actors, with their inputs through the object store for an actor that does not
+        see the results folder."""
+        import ray
+
         out: list[Event] = []
-        for item in progress.get_nowait_batch(n) if n else []:
+        while self.idle and self.pending:
+            actor, job = self.idle.pop(), self.pending.popleft()
+            inputs = {}
+            if not self.shared[actor]:
+                for rel in _inputs(job, self.results):
+                    if rel not in self.blobs:
+                        self.blobs[rel] = ray.put(_pack(self.results / rel))
+                    inputs[rel] = self.blobs[rel]
+            ref = actor.run.remote(job, str(self.results) if self.shared[actor] else None, inputs)
+            self.busy[ref] = (actor, job)
+            out.append(Started(job, self.names[actor]))
+        return out
+
+    def give_up(self, reason: str) -> list[Event]:
+        out: list[Event] = [Finished(job, "failed", reason, None) for job in self.pending]
+        self.pending.clear()
+        return out
+
+    def drain(self) -> list[Event]:
+        """Progress the actors queued since the last look (steps of cells still running)."""
+        n = self.progress.qsize()
+        running = {job.id for _, job in self.busy.values()}
+        out: list[Event] = []
+        for item in self.progress.get_nowait_batch(n) if n else []:
             if item[1] in running:
-                out.append(Step(by_id[item[1]], *item[2:]) if item[0] == "step" else Evaluating(by_id[item[1]]))
+                out.append(Step(self.by_id[item[1]], *item[2:]) if item[0] == "step"
+                           else Evaluating(self.by_id[item[1]]))
         return out
