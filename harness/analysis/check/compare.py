@@ -150,58 +150,96 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
     if not cells:
         raise CheckError(f"no cell in common: baseline {', '.join(b_cells)}; candidate {', '.join(c_cells)}")
     notes = [f"{cell}: in the candidate only (not compared)" for cell in c_cells if cell not in b_cells]
+    boot = _resample(baseline, candidate, common, opts)
+    if boot.unpaired_tasks:
+        notes.append(f"examples differ in {', '.join(boot.unpaired_tasks)}: compared unpaired over those examples")
+    rows = []
+    for cell in cells:
+        pair = _pair_seeds(cell, boot, opts)
+        notes += pair.notes
+        rows += [{"cell": cell, "metric": m.name, "higher_is_better": m.higher_is_better,
+                  "gated": cell in gated_cells and m.name in gated_metrics, **_change(m, boot, pair, opts, policy),
+                  "n_examples": sum(len(boot.b.tasks[t].doc_ids) for t in m.coefs)}
+                 for m in boot.metrics if applies(m, cell)]
+    return Result(baseline.label, candidate.label, _table(rows, policy), list(dict.fromkeys(notes)), changes, policy)
 
-    # both sides restricted to the tasks in common; resamples shared where the examples are the same (paired)
-    b_s, c_s = (dataclasses.replace(x, tasks={t: x.tasks[t] for t in common}) for x in (b, c))
+
+@dataclass
+class _Boot:
+    """Both sides restricted to the tasks in common, with their bootstrap values per run (rows) and resample
+    (columns); resamples are shared where the examples are the same (paired)."""
+    b: stats.Scores
+    c: stats.Scores
+    metrics: list[stats.Metric]
+    vb: dict[str, np.ndarray]
+    vc: dict[str, np.ndarray]
+    unpaired_tasks: list[str]
+
+
+def _resample(baseline: Side, candidate: Side, common: list[str], opts: stats.Options) -> _Boot:
+    b_s, c_s = (dataclasses.replace(x.scores, tasks={t: x.scores.tasks[t] for t in common})
+                for x in (baseline, candidate))
     mets = metric_list(b_s)
     paired_ex = {t: baseline.examples[t] == candidate.examples[t] and
                  np.array_equal(b_s.tasks[t].doc_ids, c_s.tasks[t].doc_ids) for t in common}
     counts_b = {t: stats.example_counts(len(b_s.tasks[t].doc_ids), opts, t) for t in common}
     counts_c = {t: counts_b[t] if paired_ex[t] else stats.example_counts(len(c_s.tasks[t].doc_ids), opts,
                                                                           f"candidate:{t}") for t in common}
-    unpaired_tasks = [t for t in common if not paired_ex[t]]
-    if unpaired_tasks:
-        notes.append(f"examples differ in {', '.join(unpaired_tasks)}: compared unpaired over those examples")
-    vb, vc = boot_values(b_s, counts_b, mets), boot_values(c_s, counts_c, mets)
+    return _Boot(b_s, c_s, mets, boot_values(b_s, counts_b, mets), boot_values(c_s, counts_c, mets),
+                 [t for t in common if not paired_ex[t]])
 
-    rows = []
-    for cell in cells:
-        gb = b_s.runs[b_s.runs["cell"] == cell].sort_values("seed")
-        gc = c_s.runs[c_s.runs["cell"] == cell].sort_values("seed")
-        seeds_b, seeds_c = [plain(x) for x in gb["seed"]], [plain(x) for x in gc["seed"]]
-        both = [x for x in seeds_b if x in seeds_c]
-        if both:  # paired by seed: the same seeds on both sides, in the same order (the base model: seed None)
-            ib = np.array([dict(zip(seeds_b, gb["row"]))[x] for x in both])
-            ic = np.array([dict(zip(seeds_c, gc["row"]))[x] for x in both])
-            scount = stats.seed_counts(len(both), opts.n_boot, opts.seed)
-            left = sorted(set(seeds_b + seeds_c) - set(both), key=str)
-            pairing = "seeds, examples" if not unpaired_tasks else "seeds"
-            if left:
-                notes.append(f"{cell}: paired on seeds {both}; seeds {left} ran on one side only and are left out")
-            if len(both) == 1 and not cell.endswith("/base"):
-                notes.append(f"{cell}: one seed: the interval counts example noise only, not seed-to-seed noise "
-                             f"(the allowance must absorb that; run more seeds for a test that counts it)")
-        else:  # no seed in common: each side's seeds resampled on their own
-            ib, ic = gb["row"].to_numpy(), gc["row"].to_numpy()
-            pairing = "examples" if not unpaired_tasks else "unpaired"
-            notes.append(f"{cell}: seeds differ (baseline {seeds_b}, candidate {seeds_c}): compared unpaired over "
-                         f"seeds")
-        for m in mets:
-            if not applies(m, cell):
-                continue
-            if both:
-                diff = stats.over_seeds(vc[m.name][ic] - vb[m.name][ib], scount)
-            else:
-                diff = stats.over_seeds(vc[m.name][ic], stats.seed_counts(len(ic), opts.n_boot, opts.seed + 1)) - \
-                    stats.over_seeds(vb[m.name][ib], stats.seed_counts(len(ib), opts.n_boot, opts.seed))
-            w = stats.wald(diff, opts.confidence)
-            base_value = float(np.mean(vb[m.name][ib, 0]))
-            rows.append({"cell": cell, "metric": m.name, "higher_is_better": m.higher_is_better,
-                         "gated": cell in gated_cells and m.name in gated_metrics,
-                         "baseline": base_value, "candidate": float(np.mean(vc[m.name][ic, 0])),
-                         "change": w["diff"], "ci_low": w["ci_low"], "ci_high": w["ci_high"], "p_value": w["p_value"],
-                         "allowed": _allowed(policy, m, base_value), "paired": pairing,
-                         "n_examples": sum(len(b_s.tasks[t].doc_ids) for t in m.coefs)})
+
+@dataclass
+class _Pairing:
+    """How one cell's runs are matched: the rows of each side (by seed where the seeds are shared) and in words."""
+    ib: np.ndarray
+    ic: np.ndarray
+    seed_counts: np.ndarray | None  # shared seed resamples when paired by seed, else None
+    pairing: str
+    notes: list[str]
+
+
+def _pair_seeds(cell: str, boot: _Boot, opts: stats.Options) -> _Pairing:
+    gb = boot.b.runs[boot.b.runs["cell"] == cell].sort_values("seed")
+    gc = boot.c.runs[boot.c.runs["cell"] == cell].sort_values("seed")
+    seeds_b, seeds_c = [plain(x) for x in gb["seed"]], [plain(x) for x in gc["seed"]]
+    both = [x for x in seeds_b if x in seeds_c]
+    notes = []
+    if not both:  # no seed in common: each side's seeds resampled on their own
+        return _Pairing(gb["row"].to_numpy(), gc["row"].to_numpy(), None,
+                        "examples" if not boot.unpaired_tasks else "unpaired",
+                        [f"{cell}: seeds differ (baseline {seeds_b}, candidate {seeds_c}): compared unpaired over "
+                         f"seeds"])
+    # paired by seed: the same seeds on both sides, in the same order (the base model: seed None)
+    ib = np.array([dict(zip(seeds_b, gb["row"]))[x] for x in both])
+    ic = np.array([dict(zip(seeds_c, gc["row"]))[x] for x in both])
+    left = sorted(set(seeds_b + seeds_c) - set(both), key=str)
+    if left:
+        notes.append(f"{cell}: paired on seeds {both}; seeds {left} ran on one side only and are left out")
+    if len(both) == 1 and not cell.endswith("/base"):
+        notes.append(f"{cell}: one seed: the interval counts example noise only, not seed-to-seed noise "
+                     f"(the allowance must absorb that; run more seeds for a test that counts it)")
+    return _Pairing(ib, ic, stats.seed_counts(len(both), opts.n_boot, opts.seed),
+                    "seeds, examples" if not boot.unpaired_tasks else "seeds", notes)
+
+
+def _change(m: stats.Metric, boot: _Boot, pair: _Pairing, opts: stats.Options, policy: Policy) -> dict:
+    """One metric of one cell: candidate - baseline with its interval and p-value, and the allowance."""
+    vb, vc, ib, ic = boot.vb[m.name], boot.vc[m.name], pair.ib, pair.ic
+    if pair.seed_counts is not None:
+        diff = stats.over_seeds(vc[ic] - vb[ib], pair.seed_counts)
+    else:
+        diff = stats.over_seeds(vc[ic], stats.seed_counts(len(ic), opts.n_boot, opts.seed + 1)) - \
+            stats.over_seeds(vb[ib], stats.seed_counts(len(ib), opts.n_boot, opts.seed))
+    w = stats.wald(diff, opts.confidence)
+    base_value = float(np.mean(vb[ib, 0]))
+    return {"baseline": base_value, "candidate": float(np.mean(vc[ic, 0])),
+            "change": w["diff"], "ci_low": w["ci_low"], "ci_high": w["ci_high"], "p_value": w["p_value"],
+            "allowed": _allowed(policy, m, base_value), "paired": pair.pairing}
+
+
+def _table(rows: list[dict], policy: Policy) -> pd.DataFrame:
+    """The rows with their p-values corrected and their status."""
     df = pd.DataFrame(rows)
     df["p_adjusted"] = np.nan
     for gated in (True, False):  # the gated rows are one family; the rows shown for information another
@@ -210,7 +248,7 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
             df.loc[sel, "p_adjusted"] = df.loc[sel, "p_value"] if policy.correction == "none" else \
                 stats.adjust(df.loc[sel, "p_value"], "holm" if policy.correction == "holm" else "fdr_bh")
     df["status"] = [_status(r, policy.alpha) for r in df.itertuples()]
-    return Result(baseline.label, candidate.label, df, list(dict.fromkeys(notes)), changes, policy)
+    return df
 
 
 def _allowed(policy: Policy, m: stats.Metric, baseline: float) -> float:
