@@ -108,13 +108,7 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     todo = [i for i in p.ids if i not in done]
     executor = make_executor(p, opts, results)
     if dry_run:
-        jobs = jobs_for(p, set(todo), executor.info.threads)
-        console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run on the {opts.executor} executor "
-                      f"(dry run: nothing runs)", highlight=False)
-        for job in jobs:
-            console.print(f"  {job.id}  {job.label}", highlight=False)
-        if jobs and hasattr(executor, "describe"):
-            console.print(executor.describe(jobs, results), highlight=False, markup=False, soft_wrap=True)
+        _show_dry_run(p, todo, executor, opts.executor, results, console)
         return stats
     for sub in ("runs", "data"):
         (results / sub).mkdir(parents=True, exist_ok=True)
@@ -124,8 +118,32 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     if not todo:
         console.print(f"[green]all {len(p.ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
         return stats
+    _build_inputs(p, set(todo), results, db, stats, console)
+    jobs = jobs_for(p, set(todo), executor.info.threads)
+    console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
+                  f"{opts.executor} executor", highlight=False)
+    _run_jobs(p, executor, jobs, results, db, stats, console)
+    stats.wall_seconds = time.perf_counter() - t_start
+    with store.writer(db) as con:
+        store.record_matrix_run(con, p.matrix.name, opts.executor, stats.cells_run, stats.failed, stats.workers,
+                                stats.wall_seconds, stats.compute_seconds, stats.overhead_seconds, stats.parts,
+                                stats.compute)
+    return stats
 
-    # what the pending cells need: base models and data sets, built once and cached
+
+def _show_dry_run(p: Plan, todo: list[str], executor: Executor, name: str, results: Path, console) -> None:
+    jobs = jobs_for(p, set(todo), executor.info.threads)
+    console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run on the {name} executor "
+                  f"(dry run: nothing runs)", highlight=False)
+    for job in jobs:
+        console.print(f"  {job.id}  {job.label}", highlight=False)
+    if jobs and hasattr(executor, "describe"):
+        console.print(executor.describe(jobs, results), highlight=False, markup=False, soft_wrap=True)
+
+
+def _build_inputs(p: Plan, todo: set[str], results: Path, db: Path, stats: RunStats, console) -> None:
+    """What the pending cells need: base models and data sets, built once and cached (the data sets' cards go into
+    the database)."""
     t = time.perf_counter()
     for ref in {p.refs[c.model] for c in p.cells + p.bases if c.id in todo}:
         models.model_path(ref, results, log=console.print)
@@ -140,9 +158,9 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     stats.compute["curation"] = _curation_compute([f for arm, f in built.items() if arm not in cached])
     stats.parts["data"] = time.perf_counter() - t - stats.compute["curation"]
 
-    jobs = jobs_for(p, set(todo), executor.info.threads)
-    console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
-                  f"{opts.executor} executor", highlight=False)
+
+def _run_jobs(p: Plan, executor: Executor, jobs: list, results: Path, db: Path, stats: RunStats, console) -> None:
+    """The executor runs the jobs; each finished cell is ingested as it is reported and shown in the progress view."""
     cell_compute = cell_prep = ingest_s = 0.0
     stats.cells_run = len(jobs)
     with ProgressView(console, len(jobs)) as view:
@@ -161,16 +179,10 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
             stats.failed += row["status"] != "ok"
             view.finished(ev, row, learn, forget)
     stats.workers = max(1, executor.info.slots)
-    stats.wall_seconds = time.perf_counter() - t_start
     stats.compute["cells"] = cell_compute / stats.workers
     stats.parts.update(executor.info.parts)
     stats.parts["model load + encode"] = cell_prep / stats.workers
     stats.parts["ingest (overlapped)"] = ingest_s
-    with store.writer(db) as con:
-        store.record_matrix_run(con, p.matrix.name, opts.executor, stats.cells_run, stats.failed, stats.workers,
-                                stats.wall_seconds, stats.compute_seconds, stats.overhead_seconds, stats.parts,
-                                stats.compute)
-    return stats
 
 
 def ingest(db: Path, results: Path, run_ids: list[str], matrix: str) -> None:
