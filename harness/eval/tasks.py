@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import harness
 from harness.core.ids import stable_hash
-from harness.data import world
+from harness.data import corpus, world
 
 if TYPE_CHECKING:
     from harness.spec import Matrix
@@ -278,7 +278,7 @@ def evaluate(model, tokenizer, learn: list[str], forget: list[str], include: lis
 
 def write_task_data(tasks_dir: Path = TASKS_DIR) -> list[Path]:
     """(Re)generate tasks/data/*.jsonl from the skills world; deterministic, so the committed files never drift."""
-    data = {**world.eval_items(), "world_mc": world.fact_mc_items(), "prose_bpb": world.heldout_prose()}
+    data = {**world.eval_items(), "world_mc": world.fact_mc_items(), "prose_bpb": corpus.heldout_prose()}
     paths = []
     for name, rows in data.items():
         path = tasks_dir / "data" / f"{name}.jsonl"

@@ -19,7 +19,7 @@ from harness import DATA_VERSION
 from harness.core.cache import build_once, cache_dir
 from harness.core.ids import stable_hash
 from harness.core.progress import progress
-from harness.data.world import pretraining_texts, python_version_tag
+from harness.data.corpus import pretraining_texts, python_version_tag
 
 # The template the tiny model is fine-tuned and evaluated with; also the fallback for models that ship none.
 # Turns are separated before a turn, not after one, so nothing follows the final end-of-sequence token.
