@@ -8,10 +8,9 @@ from typing import Optional
 
 import typer
 
-from harness.cli import DbOpt, ResultsOpt, _db, app, fail, out, print_table
+from harness.cli.common import DbOpt, ResultsOpt, db_path, fail, out, print_table
 
 
-@app.command("runs")
 def runs_cmd(matrix: Optional[str] = typer.Option(None, help="Only runs of this matrix."),
              model: Optional[str] = typer.Option(None, help="Only this model."),
              method: Optional[str] = typer.Option(None, help="Only this method label (base: untrained models)."),
@@ -23,7 +22,7 @@ def runs_cmd(matrix: Optional[str] = typer.Option(None, help="Only runs of this 
     """List the runs in the database (newest first) with their learn and forget scores."""
     from harness.store import export
 
-    path = _db(db, results)
+    path = db_path(db, results)
     if not path.exists():
         raise fail(f"{path}: no database yet (run `harness matrix run` or `harness eval` first)")
     cols, rows = export.list_runs(path, {"matrix": matrix, "model": model, "method": method, "arm": arm,
@@ -31,7 +30,6 @@ def runs_cmd(matrix: Optional[str] = typer.Option(None, help="Only runs of this 
     print_table(cols, rows, title=f"{len(rows)} run(s); details: harness show RUN_ID")
 
 
-@app.command("show")
 def show_cmd(run_id: str = typer.Argument(..., help="A run id (or a unique prefix of one)."),
              results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """One run: its config, data set, scores with 95% intervals, cost, and the plain `lm_eval` command lines that
@@ -40,7 +38,7 @@ def show_cmd(run_id: str = typer.Argument(..., help="A run id (or a unique prefi
 
     from harness.store import export
 
-    path = _db(db, results)
+    path = db_path(db, results)
     try:
         run = export.find_run(path, run_id)
     except (export.RunNotFound, FileNotFoundError) as e:
@@ -77,7 +75,6 @@ def show_cmd(run_id: str = typer.Argument(..., help="A run id (or a unique prefi
         out.print(f"  not possible: {e}", highlight=False)
 
 
-@app.command("export")
 def export_cmd(directory: Path = typer.Argument(..., help="Folder to write into."),
                fmt: str = typer.Option("parquet", "--format", help="parquet: every table and view as NAME.parquet; "
                                        "lm-eval: RUN_ID/results_<time>.json per run, lm-eval's results format."),
@@ -88,7 +85,7 @@ def export_cmd(directory: Path = typer.Argument(..., help="Folder to write into.
     results JSON (tools that read lm-eval output)."""
     from harness.store import export
 
-    path = _db(db, results)
+    path = db_path(db, results)
     if not path.exists():
         raise fail(f"{path}: no database yet (run `harness matrix run` or `harness eval` first)")
     if fmt == "parquet":

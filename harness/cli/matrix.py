@@ -1,0 +1,97 @@
+"""`harness matrix plan | run | defaults`: a matrix's cells, running them, and every key's default."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from harness.cli.common import DbOpt, IncludeOpt, ResultsOpt, db_path, err, fail, input_errors, out, print_table
+
+
+def _load_plan(file: Optional[Path], include: list[Path] = ()):
+    from harness.run.plan import plan
+    from harness.spec import load_matrix
+
+    try:
+        m = load_matrix(file)
+        m = dataclasses.replace(m, eval=dataclasses.replace(m.eval, include=m.eval.include + [str(d) for d in include]))
+        return plan(m)
+    except input_errors() as e:
+        raise fail(str(e)) from None
+
+
+def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
+                include: list[Path] = IncludeOpt, results: Path = ResultsOpt) -> None:
+    """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
+    from harness.run import plan
+    from harness.spec import matched_description
+
+    p = _load_plan(file, include)
+    rows = plan.plan_table(p, results)
+    print_table(["cell id", "model", "method", "arm", "seed", "status"], [tuple(r.values()) for r in rows],
+                title=f"matrix {p.matrix.name}: {len(rows)} cells ({len(p.cells)} trained + {len(p.bases)} base)")
+    out.print("[bold]data arms[/]")
+    for line in plan.recipe_lines(p):
+        out.print(f"  {line}", highlight=False)
+    out.print("[bold]matched between cells[/]")
+    for line in matched_description(p.matrix):
+        out.print(f"  {line}", highlight=False)
+
+
+def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
+               force: bool = typer.Option(False, "--force", help="Rerun finished cells too."),
+               executor: Optional[str] = typer.Option(None, "--executor", help="Where cells run: local (worker "
+                                                      "processes here), ray or slurm (default: the matrix's "
+                                                      "run.executor, env HARNESS_EXECUTOR, else local)."),
+               workers: Optional[int] = typer.Option(None, "--workers", help="Cells at once (0: automatic)."),
+               address: Optional[str] = typer.Option(None, "--address", help="ray: a running cluster's address "
+                                                     "(default: start Ray on this machine)."),
+               retries: Optional[int] = typer.Option(None, "--retries", help="ray: reruns of a cell whose worker "
+                                                     "died, before it is recorded failed (default 2)."),
+               gpus: Optional[int] = typer.Option(None, "--gpus-per-cell", help="GPUs per cell (ray: default 1 "
+                                                  "when the cluster has GPUs; slurm: default 0)."),
+               partition: Optional[str] = typer.Option(None, "--partition", help="slurm: the partition."),
+               account: Optional[str] = typer.Option(None, "--account", help="slurm: the account."),
+               time_minutes: Optional[int] = typer.Option(None, "--time", help="slurm: minutes per cell (default "
+                                                          "120)."),
+               dry_run: bool = typer.Option(False, "--dry-run", help="Show the pending cells (and, for slurm, the "
+                                            "sbatch script) without running anything."),
+               include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
+    """Train and evaluate every unfinished cell, ingest the results, print the summary."""
+    import time
+
+    from harness import store
+    from harness.run import runner
+
+    t0 = time.perf_counter()
+    p = _load_plan(file, include)
+    path = db_path(db, results)
+    try:
+        opts = runner.run_options(p, executor, workers=workers, address=address, retries=retries, gpus=gpus,
+                                  partition=partition, account=account, time_minutes=time_minutes)
+        stats = runner.execute(p, results, path, opts, force=force, dry_run=dry_run, console=err)
+    except input_errors() as e:
+        raise fail(str(e)) from None
+    if dry_run:
+        return
+    cols, rows = store.summary_rows(path, p.matrix.name)
+    print_table(cols, rows, title=f"summary of {p.matrix.name} (learn: mean exact match on learn tasks; "
+                                  f"forget: relative loss of the base's forget-task scores)")
+    if stats.cells_run:
+        out.print(stats.line(), highlight=False)
+    out.print(f"database: {path.resolve()}  ({time.perf_counter() - t0:.1f}s)", highlight=False)
+    if stats.failed:
+        raise fail(f"{stats.failed} cell(s) failed; their errors are in the runs table (status = 'failed')", code=1)
+
+
+def matrix_defaults() -> None:
+    """Print every matrix key with its default value (the dataclasses in harness/spec/matrix.py document each)."""
+    import yaml
+
+    from harness.spec import Matrix
+
+    out.print(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(Matrix()))), sort_keys=False), highlight=False)
