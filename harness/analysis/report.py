@@ -1,6 +1,6 @@
 """`harness report`: one self-contained HTML file per matrix, with the statistics behind every number.
 
-Reads the database read-only, computes the statistics (harness/analysis/stats.py), writes them to the stat_* tables (one
+Reads the database read-only, computes the statistics (harness/analysis/stats/), writes them to the stat_* tables (one
 short write transaction), and renders charts (Vega-Lite specs built with altair, drawn in the browser by the Vega
 libraries inlined into the file: ~0.9 MB, against ~4.7 MB for plotly's bundle) and tables through a jinja2 template
 with autoescaping, so any text from the data (prompts, responses, names) is shown as text, never run.

@@ -4,7 +4,7 @@ Both sides are sets of finished runs with their per-example scores (stats.Scores
 JSON file written by `harness check --export-baseline`, a baseline saved in the database, a matrix or a run id; the
 candidate from the database. A cell is (model, method, arm) over its seeds; the base model is the cell model/base.
 For every cell in both and every metric (learn, forget and each task's primary metric) the check computes the change
-candidate - baseline with the two-way bootstrap of stats.py, paired by example (the same examples are scored on both
+candidate - baseline with the two-way bootstrap of stats, paired by example (the same examples are scored on both
 sides) and by seed (the seeds both sides ran), and a p-value corrected over the gated rows. A row is a regression
 only when its change is worse than the policy allows AND significant; improvements are found the same way.
 
