@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from harness import store
+
 
 @dataclass(frozen=True)
 class Options:
@@ -495,8 +497,7 @@ def write(con, matrix: str, tables: Tables, opts: Options) -> None:
     """Replace the matrix's rows in the stat_* tables (one transaction)."""
     params = pd.DataFrame([{"matrix": matrix, "n_boot": opts.n_boot, "confidence": opts.confidence,
                             "alpha": opts.alpha, "seed": opts.seed}])
-    con.execute("BEGIN")
-    try:
+    with store.transaction(con):
         for name, df in zip(STAT_TABLES + ("stat_params",),
                             (tables.runs, tables.arms, tables.comparisons, params)):
             con.execute(f"DELETE FROM {name} WHERE matrix = ?", [matrix])
@@ -504,7 +505,3 @@ def write(con, matrix: str, tables: Tables, opts: Options) -> None:
                 con.register("_df", df)
                 con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _df")
                 con.unregister("_df")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

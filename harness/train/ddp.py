@@ -80,9 +80,10 @@ def main(job_path: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from harness.run.cell import set_environment, train_cell
+    from harness.models import set_worker_env
+    from harness.run.cell import train_cell
 
-    set_environment()  # first: offline before any Hugging Face import
+    set_worker_env()  # first: offline before any Hugging Face import
 
     from harness import models
     from harness.train.sft import attention_for, autocast_dtype
