@@ -340,36 +340,6 @@ def test_a_step_that_leaves_nothing_is_an_error(tmp_path):
     assert not list((tmp_path / "data").glob("*"))  # nothing half-written
 
 
-def test_data_build_and_show_through_the_cli(tmp_path):
-    (tmp_path / "sft.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"What is {i} + {i}?", "response": str(2 * i)}) + "\n" for i in range(8))
-        + json.dumps({"prompt": "What is 1 + 1?", "response": "2"}) + "\n"  # an exact duplicate of line 2
-        + json.dumps({"prompt": "What is 9 + 9?", "response": "18 " * 30}) + "\n"  # too long
-        + "not json\n")
-    (tmp_path / "recipe.yaml").write_text(
-        "source: sft.jsonl\nsteps: [dedup, {filter: {scorer: heuristic, max_chars: 10}}]\n")
-    results = tmp_path / "results"
-    res = cli.invoke(app, ["data", "build", str(tmp_path / "recipe.yaml"), "--results", str(results)])
-    assert res.exit_code == 2 and "sft.jsonl:11: invalid JSON" in res.output
-    res = cli.invoke(app, ["data", "build", str(tmp_path / "recipe.yaml"), "--skip-bad", "--results", str(results)])
-    assert res.exit_code == 0, res.output
-    assert "8 examples from jsonl" in res.output and "malformed skipped 1" in res.output
-    dataset_id = next((results / "data").iterdir()).name
-    with store.reader(results / "harness.duckdb") as con:
-        why = con.execute("SELECT step, example_id, reason, prompt FROM data_decisions WHERE dataset_id = ? "
-                          "ORDER BY step_index", [dataset_id]).fetchall()
-        assert why[0][:2] == ("dedup", "sft-9") and why[0][2] == "exact duplicate of sft-2"
-        assert why[1][:2] == ("filter", "sft-10") and "max_chars" in why[1][2] and why[1][3] == "What is 9 + 9?"
-        steps = con.execute("SELECT step, n_in, n_out FROM data_steps WHERE dataset_id = ? ORDER BY step_index",
-                            [dataset_id]).fetchall()
-        assert steps == [("dedup", 10, 9), ("filter", 9, 8)]
-        assert con.execute("SELECT n_source, n_bad, generated_tokens FROM datasets").fetchall() == [(10, 1, 0)]
-    shown = cli.invoke(app, ["data", "show", dataset_id[:6], "--results", str(results)])
-    assert shown.exit_code == 0 and "exact duplicate of sft-2" in shown.output and "heuristic: mean" in shown.output
-    missing = cli.invoke(app, ["data", "show", "zzz", "--results", str(results)])
-    assert missing.exit_code == 2 and "no match" in missing.output
-
-
 def test_quality_vs_quantity_preset_resolves():
     """The preset's recipes are valid (its teacher swapped for micro, so this runs without SmolLM2)."""
     from harness.run.plan import plan
@@ -464,25 +434,6 @@ arms:
                           [recipes["len"].id, recipes["long"].id]).fetchall()
     assert [(s, c) for s, c, _ in why] == [("longest", 300 - n), ("random", 300 - n)]
     assert "not among the" in why[0][2] and "length-matched" in why[1][2]
-
-
-@pytest.mark.parametrize("step,message", [
-    ("{longest: {n: 0}}", r"bad\.yaml:3: arms\.a\.steps\.0\.longest\.n: expected a positive integer, got 0"),
-    ("{longest: {}}", r"bad\.yaml:3: arms\.a\.steps\.0\.longest: expected one of n: <count> or like: <arm>"),
-    ("{random: {n: 5, match: length}}", r"bad\.yaml:3: arms\.a\.steps\.0\.random\.match: match: length needs like"),
-    ("{random: {like: b, match: tokens}}", r"bad\.yaml:3: arms\.a\.steps\.0\.random\.match: expected count or length"),
-    ("{longest: {like: nowhere}}", r"bad\.yaml:3: arms\.a\.steps\.0\.like: unknown arm 'nowhere'"),
-    ("{longest: {n: 5, by: tokens}}", r"bad\.yaml:3: arms\.a\.steps\.0\.longest\.by: expected chars or words"),
-])
-def test_bad_baseline_steps_are_one_line_with_file_and_line(tmp_path, step, message):
-    import re
-
-    path = tmp_path / "bad.yaml"
-    path.write_text(f"arms:\n  b: {{}}\n  a: {{steps: [{step}]}}\n")
-    res = cli.invoke(app, ["matrix", "plan", str(path), "--results", str(tmp_path / "r")])
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and re.search(message, lines[0]), res.output
-    assert not (tmp_path / "r").exists()
 
 
 def test_sizes_expand_into_a_dose_response_series(tmp_path):

@@ -127,21 +127,6 @@ def test_a_matrix_cell_on_two_processes(tmp_path, micro_base):
     assert db.execute("select count(*) from train_steps").fetchone()[0] == 3
 
 
-@pytest.mark.parametrize("line,pattern", [
-    ("train: {devices: 0}", r"m\.yaml:1: train\.devices: expected a positive integer, got 0"),
-    ("train:\n  grad_accum: -1", r"m\.yaml:2: train\.grad_accum: expected a positive integer, got -1"),
-    ("train: {batch_size: 6, devices: 2, grad_accum: 2}",
-     r"m\.yaml:1: train\.batch_size: expected a multiple of devices x grad_accum = 4"),
-])
-def test_bad_devices_or_grad_accum_is_one_line_exit_2(tmp_path, line, pattern):
-    path = tmp_path / "m.yaml"
-    path.write_text(line + "\n")
-    res = CliRunner().invoke(app, ["matrix", "run", str(path), "--results", str(tmp_path / "results")])
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and re.search(pattern, lines[0]), res.output
-    assert not (tmp_path / "results").exists()
-
-
 def test_default_devices_and_grad_accum_leave_cell_ids_alone():
     from harness.spec import content_id
 

@@ -1,7 +1,5 @@
 import json
 
-import pytest
-
 from harness.eval.tasks import TASKS_DIR, evaluate, task_config, write_task_data
 
 

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 from typer.testing import CliRunner
 

@@ -36,16 +36,6 @@ def test_executor_comes_from_flag_then_environment_then_matrix(monkeypatch):
         run_options(p)
 
 
-def test_bad_executor_is_one_line_exit_2(tmp_path):
-    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "mpi", "--results", str(tmp_path)])
-    assert res.exit_code == 2 and res.output.strip() == "error: --executor: expected one of local, ray, slurm, got 'mpi'"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(CI_MATRIX.read_text() + "run: {executor: mpi}\n")
-    res = runner.invoke(app, ["matrix", "run", str(bad), "--results", str(tmp_path)])
-    assert res.exit_code == 2 and "bad.yaml:16: run.executor: expected 'local' or 'ray' or 'slurm'" in res.output
-    assert not (tmp_path / "harness.duckdb").exists()
-
-
 def test_a_log_gets_one_plain_line_per_finished_cell(ci_run):
     """CliRunner's stderr is not a terminal, like a CI log: no bars, one line per cell with k/n and its scores."""
     lines = [line for line in ci_run[1].splitlines() if line.startswith("cell ")]
