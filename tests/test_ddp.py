@@ -3,7 +3,6 @@ one batch of the global size."""
 
 import copy
 import json
-import re
 
 import pytest
 import torch

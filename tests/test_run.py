@@ -3,17 +3,13 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from harness import store
-from harness.cli import app
 from harness.run.plan import plan
 from harness.run.runner import RunStats, _curation_compute, run_options
 from harness.spec import SpecError, load_matrix, parse_matrix
 
 from conftest import CI_MATRIX
-
-runner = CliRunner()
 
 
 def test_where_cells_run_is_not_part_of_their_ids():

@@ -1,16 +1,11 @@
 import dataclasses
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from harness.cli import app
 from harness.run.plan import plan
 from harness.spec import SpecError, load_matrix, parse_matrix
 
 from conftest import CI_MATRIX
-
-runner = CliRunner()
 
 
 def ids(m):
@@ -42,3 +37,10 @@ def test_yaml_float_forms_are_numbers():
     assert m.train.lr == 1e-3
 
 
+def test_sizes_expand_into_a_dose_response_series(tmp_path):
+    m = parse_matrix("arms:\n  bulk: {source: skills_pool, steps: [dedup], sizes: [1000, 4000, 1500]}\n")
+    assert {k: a.steps for k, a in m.arms.items()} == {
+        "bulk-1k": ["dedup", {"random": 1000}], "bulk-4k": ["dedup", {"random": 4000}],
+        "bulk-1500": ["dedup", {"random": 1500}]}
+    with pytest.raises(SpecError, match=r"m\.yaml:2: arms\.bulk\.sizes: expected a list of positive integers"):
+        parse_matrix("arms:\n  bulk: {sizes: [0]}\n", "m.yaml")
