@@ -26,7 +26,8 @@ def test_every_command_answers_help(command):
     assert " ".join(commands()[command].split()[:6]) in text
 
 
-@pytest.mark.parametrize("case", list(BAD_MATRICES))
+@pytest.mark.parametrize("case", [pytest.param(k, marks=pytest.mark.slow if v.get("slow") else ())
+                                  for k, v in BAD_MATRICES.items()])
 def test_bad_matrix_file_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(BAD_MATRICES[case]["file"])

@@ -71,7 +71,7 @@ def _three_kinds(n_each=12):
     return arith + facts + words
 
 
-@pytest.mark.parametrize("method", ["kcenter", "clusters"])
+@pytest.mark.parametrize("method", ["kcenter", pytest.param("clusters", marks=pytest.mark.slow)])
 def test_diversity_covers_every_kind_of_prompt(method):
     """36 prompts of three kinds: 3 picks cover all three kinds, where the first 3 rows would be one kind."""
     rows = _three_kinds()
@@ -188,6 +188,7 @@ def _no_model_loads(monkeypatch):
     monkeypatch.setattr(generate, "causal_lm", refuse)
 
 
+@pytest.mark.slow
 def test_generation_steps_with_a_real_policy_and_the_cache(results, monkeypatch):
     """micro as policy, teacher and judge; a stub scorer (response length) picks the best; a rerun generates
     nothing and loads no model."""

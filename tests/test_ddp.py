@@ -25,6 +25,7 @@ def _train(model, steps):
     return model, [r.loss for r in optimize(model, steps, 6, lr=1e-2, precision="fp32", sync_every=4)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_accum,packing", [(2, False), (4, False), (2, True)])
 def test_grad_accum_trains_as_one_batch(micro_model, grad_accum, packing):
     """6 fp32 steps of batch 16 cut into `grad_accum` micro-batches: the loss curve and the weights of one batch of 16

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from harness.eval.tasks import TASKS_DIR, evaluate, task_config, write_task_data
 
 
+@pytest.mark.slow
 def test_lm_eval_scores_a_tiny_model_on_project_tasks(micro_model):
     model, tok = micro_model
     res = evaluate(model, tok, learn=["skills_arith"], forget=["world_mc", "prose_bpb"], limit=5, batch_size=8)
@@ -25,6 +28,7 @@ def test_lm_eval_scores_a_tiny_model_on_project_tasks(micro_model):
     assert min(per_doc) <= bpb["value"] <= max(per_doc)
 
 
+@pytest.mark.slow
 def test_task_data_is_regenerated_identically(tmp_path):
     """tasks/data is committed; regenerating it from the skills world must give the same bytes."""
     (tmp_path / "data").mkdir()
@@ -39,12 +43,14 @@ def test_task_config_resolves_data_files_against_the_yaml_folder():
     assert task_config("hellaswag") == "hellaswag"  # registry names pass through
 
 
+@pytest.mark.slow  # an unknown name makes lm-eval index all its tasks (~30 s)
 def test_unknown_task_is_reported():
     from harness.eval.tasks import check_tasks
 
     assert check_tasks(["skills_arith", "definitely_not_a_task"]) == ["definitely_not_a_task"]
 
 
+@pytest.mark.slow
 def test_reused_tasks_give_identical_scores(micro_model):
     """Task objects are built once per process; a second evaluation must not be affected by the first."""
     model, tok = micro_model

@@ -263,6 +263,7 @@ def test_adapter_loads_merged_on_its_base(adapter, micro_base, tmp_path):
     assert not torch.allclose(base_logits, expected, atol=1e-2)  # the adapter changes the model
 
 
+@pytest.mark.slow
 def test_harness_eval_scores_an_adapter(adapter, tmp_path):
     path, _ = adapter
     res = runner.invoke(app, ["eval", str(path), "--tasks", "skills_arith", "--forget", "world_mc", "--limit", "2",
@@ -316,6 +317,7 @@ def test_remote_code_runs_only_when_trusted(micro_base, tmp_path, monkeypatch):
     assert models.resolve(str(folder)).fingerprint != ref.fingerprint  # trusted code is part of the model
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(micro_base, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.models.llama import modeling_llama

@@ -80,6 +80,7 @@ def test_point_estimates_agree_with_evals_and_summary(syn):
     assert bad == []
 
 
+@pytest.mark.slow
 def test_an_older_run_of_the_same_cell_is_left_out(tmp_path):
     """A matrix keeps the cells of its earlier versions: each (method, arm, seed) must count once, the latest."""
     db = synthetic_db.build(tmp_path / "dup.duckdb", seeds=2, docs=40)
