@@ -38,9 +38,11 @@ def test_grad_accum_trains_as_one_batch(micro_model, grad_accum, packing):
     assert all(len(s) == grad_accum for s in steps)
     split, curve = _train(model, iter(steps))
     print(f"grad_accum={grad_accum} packing={packing}: one batch {ref}\n  accumulated {curve}")
-    assert max(abs(a - b) for a, b in zip(ref, curve)) < 1e-5
+    # fp32 sums in another order differ by ~1e-7 and six steps at lr 1e-2 grow that to up to 4e-5 (AVX2 CPU); a mean
+    # of micro-batch means is off by 0.63 by step 4
+    assert max(abs(a - b) for a, b in zip(ref, curve)) < 1e-4
     for (name, a), b in zip(one.named_parameters(), split.parameters()):
-        assert torch.allclose(a, b, atol=1e-5), name
+        assert torch.allclose(a, b, atol=1e-4), name
 
 
 def test_step_batches_split_the_global_batch_between_ranks_and_micro_batches(micro_model):
