@@ -20,7 +20,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
-# the edit loop: everything but the tests marked slow (whole matrices, kill and resume, Chromium, MiniLM, GGUF)
+# the edit loop: everything but the tests marked slow (more than ~3 s: whole matrices, kill and resume, Chromium,
+# MiniLM, GGUF, lm-eval runs)
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
 

@@ -3,17 +3,9 @@
 import re
 from pathlib import Path
 
-from harness.cli import app
+from helpers import commands
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-
-
-def commands() -> dict[str, str | None]:
-    """'matrix plan' -> its help text, for every command and sub-command."""
-    out = {c.name: c.callback.__doc__ for c in app.registered_commands}
-    for group in app.registered_groups:
-        out |= {f"{group.name} {c.name}": c.callback.__doc__ for c in group.typer_instance.registered_commands}
-    return out
 
 
 def test_every_command_is_in_the_readme_command_table():

@@ -3,7 +3,6 @@ worker processes, 1 CPU each), compared with the local executor's run of the sam
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from harness import store
 from harness.cli import app
 
 from conftest import CI_MATRIX, fresh_results
+from helpers import run_without_extra, scores
 
 runner = CliRunner()
 TABLES = ("runs", "train_steps", "evals", "samples", "matrix_cells")
@@ -39,16 +39,8 @@ def _counts(db: Path) -> list[int]:
         return [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES]
 
 
-def _scores(db: Path) -> list[tuple]:
-    with store.reader(db) as con:
-        return con.execute("SELECT run_id, task, doc_id, response, score FROM samples ORDER BY ALL").fetchall()
-
-
 def test_ray_without_the_extra_is_one_line_exit_2(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is not installed
-    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "ray", "--results", str(tmp_path)])
-    assert res.exit_code == 2
-    assert len(res.output.strip().splitlines()) == 1 and "pip install -e '.[ray]'" in res.output
+    assert "pip install -e '.[ray]'" in run_without_extra(monkeypatch, tmp_path, "ray", "ray")
 
 
 @pytest.mark.slow
@@ -58,7 +50,7 @@ def test_ray_gives_the_local_run_ids_and_scores(cluster, ci_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert "on the ray executor" in res.output and "cell 5/5" in res.output  # plain progress lines (not a terminal)
     local, here = ci_run[0] / "harness.duckdb", results / "harness.duckdb"
-    assert _scores(here) == _scores(local)  # same run ids, responses and per-sample scores
+    assert scores(here) == scores(local)  # same run ids, responses and per-sample scores
     assert _counts(here) == _counts(local)
     with store.reader(here) as con:
         assert con.execute("SELECT executor, workers FROM matrix_runs").fetchall() == [("ray", 2)]
@@ -126,7 +118,7 @@ def test_a_killed_worker_is_retried_and_the_rows_equal_a_clean_run(cluster, ci_r
     assert killed and res.exit_code == 0, res.output
     assert "died" in res.output and "retry 1 of 2" in res.output
     assert _counts(results / "harness.duckdb") == _counts(ci_run[0] / "harness.duckdb")
-    assert _scores(results / "harness.duckdb") == _scores(ci_run[0] / "harness.duckdb")
+    assert scores(results / "harness.duckdb") == scores(ci_run[0] / "harness.duckdb")
 
 
 @pytest.mark.slow

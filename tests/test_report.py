@@ -5,10 +5,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -19,6 +16,9 @@ from typer.testing import CliRunner
 from harness import store
 from harness.analysis import charts, report, stats
 from harness.cli import app
+
+from helpers import one_line_error
+from helpers.devtools import Chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -80,6 +80,7 @@ def test_point_estimates_agree_with_evals_and_summary(syn):
     assert bad == []
 
 
+@pytest.mark.slow
 def test_an_older_run_of_the_same_cell_is_left_out(tmp_path):
     """A matrix keeps the cells of its earlier versions: each (method, arm, seed) must count once, the latest."""
     db = synthetic_db.build(tmp_path / "dup.duckdb", seeds=2, docs=40)
@@ -103,7 +104,7 @@ def test_an_older_run_of_the_same_cell_is_left_out(tmp_path):
 
 
 def test_stats_api_reproduces_the_report(syn):
-    """harness check (#7) can call stats.compare on arrays and get the report's numbers."""
+    """stats.compare on plain arrays gives the report's numbers (a script can recompute a comparison)."""
     db, _ = syn
     with store.reader(db) as con:
         s = stats.load(con, "synthetic")
@@ -156,8 +157,7 @@ def test_bad_input_is_one_line_exit_2(syn, tmp_path):
                       (["report", "--db", str(tmp_path / "missing.duckdb")], "no results database"),
                       (["report", str(tmp_path / "missing.yaml"), "--db", str(db)], "file not found"),
                       (["report", "--db", str(db), "--boot", "5"], "--boot")):
-        res = runner.invoke(app, args)
-        assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+        assert msg in one_line_error(runner.invoke(app, args))
     assert not list(tmp_path.glob("*.html"))
 
 
@@ -177,71 +177,7 @@ def test_pareto_front():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The browser: Chromium headless, driven over the DevTools protocol (websocket-client).
-
-
-class Chromium:
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-port=0"]
-
-    def __init__(self, exe: str, profile: Path):
-        import websocket
-
-        self.proc = subprocess.Popen([exe, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
-            assert time.monotonic() < deadline and self.proc.poll() is None, "chromium did not start"
-            time.sleep(0.05)
-        port = port_file.read_text().split()[0]
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
-        self.events: list[dict] = []
-        self.next_id = 0
-        for domain in ("Runtime", "Log", "Network", "Page"):
-            self.call(f"{domain}.enable")
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                assert "error" not in msg, msg
-                return msg.get("result", {})
-            self.events.append(msg)
-
-    def eval(self, expr: str):
-        return self.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
-
-    def wait_for(self, expr: str, timeout: float = 30):
-        deadline = time.monotonic() + timeout
-        while not (value := self.eval(expr)):
-            assert time.monotonic() < deadline, f"timed out waiting for {expr}"
-            time.sleep(0.1)
-        return value
-
-    def errors(self) -> list[str]:
-        out = []
-        for e in self.events:
-            p = e.get("params", {})
-            if e.get("method") == "Runtime.exceptionThrown":
-                out.append(json.dumps(p["exceptionDetails"])[:500])
-            elif e.get("method") == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert", "warning"):
-                out.append(" ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
-            elif e.get("method") == "Log.entryAdded" and p["entry"]["level"] in ("error", "warning"):
-                out.append(p["entry"]["text"])
-        return out
-
-    def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
-
-    def close(self) -> None:
-        self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+# The browser: Chromium headless, driven over the DevTools protocol (helpers/devtools.py).
 
 
 @pytest.fixture(scope="module")

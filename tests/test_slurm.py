@@ -1,30 +1,20 @@
 """The Slurm executor without Slurm: the sbatch script a dry run shows, then the same job array through submitit's
 local executor (real subprocesses) and its debug executor (in this process), each ingested like any cell."""
 
-import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from harness import store
 from harness.cli import app
 
 from conftest import CI_MATRIX, fresh_results
+from helpers import run_without_extra, scores
 
 runner = CliRunner()
 
 
-def _scores(db: Path) -> list[tuple]:
-    with store.reader(db) as con:
-        return con.execute("SELECT run_id, task, doc_id, response, score FROM samples ORDER BY ALL").fetchall()
-
-
 def test_slurm_without_the_extra_is_one_line_exit_2(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "submitit", None)
-    res = runner.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", "slurm", "--results", str(tmp_path)])
-    assert res.exit_code == 2
-    assert len(res.output.strip().splitlines()) == 1 and "pip install -e '.[slurm]'" in res.output
+    assert "pip install -e '.[slurm]'" in run_without_extra(monkeypatch, tmp_path, "submitit", "slurm")
 
 
 def test_dry_run_shows_the_sbatch_script_and_writes_nothing(tmp_path):
@@ -53,13 +43,13 @@ def test_slurm_array_through_submitits_local_executor_is_ingested(ci_run, tmp_pa
                               "--results", str(results)])
     assert res.exit_code == 0, res.output
     assert "cell 5/5" in res.output
-    assert _scores(results / "harness.duckdb") == _scores(ci_run[0] / "harness.duckdb")
+    assert scores(results / "harness.duckdb") == scores(ci_run[0] / "harness.duckdb")
     assert len(list((results / "logs" / "slurm").glob("*/*_log.out"))) == 5  # each array task's own log
 
 
 @pytest.mark.slow
 def test_slurm_debug_executor_runs_in_process(ci_run, tmp_path):
-    submitit = pytest.importorskip("submitit")  # noqa: F841
+    pytest.importorskip("submitit")
     import torch
 
     from harness.run.jobs import Finished

@@ -59,6 +59,7 @@ def test_prompt_tokens_receive_no_loss_gradient(micro_model):
 GOLDEN = [5.9397, 5.9494, 5.4853, 4.8236, 4.9912]  # seeded micro-shaped Llama, fp32, lr 1e-2; regenerate only on purpose
 
 
+@pytest.mark.slow
 def test_golden_losses(micro_model):
     """Five fp32 steps of full fine-tuning reproduce the stored loss curve. The model is the micro base's architecture
     freshly initialised from a seed, not the pretrained base: pretraining's few hundred steps amplify the last-bit

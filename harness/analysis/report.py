@@ -20,6 +20,8 @@ import pandas as pd
 from harness import __version__, store
 from harness.analysis import charts, stats
 from harness.analysis.charts import arm_wide
+from harness.core.atomic import atomic_file
+from harness.core.fmt import number
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 BROWSER_DOCS = 8  # examples per task in the sample browser
@@ -31,14 +33,12 @@ class ReportError(ValueError):
 
 
 def resolve_matrix(con, name: str | None, db: Path) -> str:
-    """The named matrix, or the one whose last trained cell finished most recently."""
-    known = [m for (m,) in con.execute("""
-        SELECT m.matrix FROM matrix_cells m JOIN runs r USING (run_id) GROUP BY m.matrix
-        ORDER BY bool_or(r.kind = 'sft') DESC, max(r.finished_at) DESC NULLS LAST, m.matrix""").fetchall()]
+    """The named matrix, or the most recently run one."""
+    known = store.matrices(con)
     if not known:
         raise ReportError(f"{db}: no matrix has been run yet (run `harness matrix run` first)")
     if name is None:
-        return known[0]
+        return store.latest_matrix(con)
     if name not in known:
         raise ReportError(f"{db}: no matrix named {name!r}; expected one of {', '.join(known)}")
     return name
@@ -55,21 +55,13 @@ def vega_bundle() -> str:
     if path.exists():
         return path.read_text()
     js = vl_convert.javascript_bundle(vl_version=version)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(js)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(js)
     return js
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Numbers to text
-
-
-def _num(v, digits: int = 3) -> str:
-    if v is None or pd.isna(v) or not np.isfinite(v):
-        return "–"
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}f}"
 
 
 def _count(v) -> str:
@@ -195,7 +187,7 @@ def sample_browser(con, runs: pd.DataFrame) -> dict | None:
             by_col = {int(c): (r, sc) for c, r, sc in zip(d["col"], d["response"], d["score"])}
             cells = [by_col.get(c, ("", None)) for c in range(len(pick))]
             docs.append({"doc_id": int(doc_id), "prompt": d["prompt"].iloc[0], "target": d["target"].iloc[0],
-                         "cells": [{"response": r or "(empty)", "score": _num(sc, 2), "ok": sc == 1}
+                         "cells": [{"response": r or "(empty)", "score": number(sc, 2), "ok": sc == 1}
                                    for r, sc in cells]})
         tasks.append({"task": task, "docs": docs})
     return {"labels": list(pick["label"]), "tasks": tasks} if tasks else None
@@ -256,9 +248,9 @@ def comparison_rows(cmp: pd.DataFrame, metrics: set[str] | None) -> list[dict]:
         within = c["a_method"] if c["kind"] == "arms" else c["a_arm"]
         scale, suffix, digits = (100, "%", 1) if c["metric"] == "forget" else (1, "", 3)
         out.append({"what": f"{c['model']} {within}: {a} vs {b}", "metric": c["metric"],
-                    "a": _num(c["a_value"] * scale, digits), "b": _num(c["b_value"] * scale, digits),
+                    "a": number(c["a_value"] * scale, digits), "b": number(c["b_value"] * scale, digits),
                     "diff": _ci(c["diff"], c["ci_low"], c["ci_high"], digits, scale, suffix),
-                    "d": _num(c["effect_size"], 2), "p": _p(c["p_value"]), "p_mcnemar": _p(c["p_mcnemar"]),
+                    "d": number(c["effect_size"], 2), "p": _p(c["p_value"]), "p_mcnemar": _p(c["p_mcnemar"]),
                     "p_holm": _p(c["p_holm"]), "q_bh": _p(c["q_bh"]), "significant": bool(c["significant"]),
                     "better": {"a": a, "b": b}.get(c["better"], "–") if c["significant"] else "–",
                     "matched": c["matched"]})
@@ -299,7 +291,7 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
     runs = s.runs.sort_values(["kind", "model", "method", "arm", "seed"], na_position="first")
     run_rows = [[r.run_id, r.model, r.method, r.arm or "–", "–" if pd.isna(r.seed) else int(r.seed),
                  _count(r.steps), _count(r.examples), "–" if pd.isna(r.epochs) else f"{r.epochs:.2f}",
-                 _count(r.train_tokens), _num(r.train_seconds, 1)] for r in runs.itertuples()]
+                 _count(r.train_tokens), number(r.train_seconds, 1)] for r in runs.itertuples()]
     cols, rows = headline(s, tables, cost[0])
     charts_ = charts.charts(s, tables, losses, cost)
     agg = {"learn", "forget"}
@@ -324,8 +316,6 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
                              undefined=jinja2.StrictUndefined)
     html = env.get_template(TEMPLATE.name).render(**context)
     out = output or Path("reports") / f"{name}.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return out

@@ -27,7 +27,8 @@ app.add_typer(tasks_app, name="tasks")
 for group, name, command in (
         (matrix_app, "plan", matrix.matrix_plan), (matrix_app, "run", matrix.matrix_run),
         (matrix_app, "defaults", matrix.matrix_defaults), (base_app, "build", data.base_build),
-        (tasks_app, "build", data.tasks_build), (data_app, "build", data.data_build), (data_app, "show", data.data_show),
+        (tasks_app, "build", data.tasks_build), (data_app, "build", data.data_build),
+        (data_app, "show", data.data_show),
         (app, "models", models.models_list), (app, "eval", models.eval_cmd), (app, "bench", models.bench_cmd),
         (app, "sql", analysis.sql_cmd), (app, "report", analysis.report_cmd), (app, "check", analysis.check_cmd),
         (app, "runs", runs.runs_cmd), (app, "show", runs.show_cmd), (app, "export", runs.export_cmd)):

@@ -12,10 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.models import offline_env  # light: no torch
+from harness.models import set_worker_env  # light: no torch
 
-for _k, _v in offline_env().items():  # offline unless HARNESS_ONLINE=1
-    os.environ.setdefault(_k, _v)
+set_worker_env()  # offline unless HARNESS_ONLINE=1
 # the libraries' own bars ("Loading weights", "Writing model shards", "Generating test split") would interleave
 # with the harness's progress lines; read at import, so set before any of them is imported (workers inherit it)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

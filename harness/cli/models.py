@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Optional
 import typer
 
 from harness.cli.common import DbOpt, IncludeOpt, ResultsOpt, db_path, err, fail, fd_to, input_errors, print_table
+from harness.spec import Eval
 
 
 def models_list() -> None:
@@ -27,18 +27,19 @@ def models_list() -> None:
 
 
 def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or LoRA adapter folder."),
-             tasks: str = typer.Option("skills_arith,skills_words,skills_facts,skills_format,skills_unseen",
-                                       help="Comma-separated learn tasks (chat template applied): names or YAML "
-                                            "paths."),
-             forget: str = typer.Option("world_mc,prose_bpb", help="Comma-separated forget tasks (raw LM)."),
+             tasks: str = typer.Option(",".join(Eval().learn), help="Comma-separated learn tasks (chat template "
+                                       "applied): names or YAML paths."),
+             forget: str = typer.Option(",".join(Eval().forget), help="Comma-separated forget tasks (raw LM)."),
              limit: Optional[int] = typer.Option(None, help="Examples per task."),
              include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Score a saved model or adapter with the same tasks and code as a matrix cell, and store the run."""
     from harness import store
     from harness.eval.tasks import resolve_tasks, task_fingerprint
-    from harness.run import runner
     from harness.models import resolve
-    from harness.spec import BaseEval, Eval, Matrix, content_id
+    from harness.run import runner
+    from harness.run.cell import run_job
+    from harness.run.plan import base_job
+    from harness.spec import Matrix, base_eval
 
     try:
         ref = resolve(model)
@@ -47,20 +48,15 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
         ev = resolve_tasks(Matrix(eval=ev)).eval
     except input_errors() as e:
         raise fail(str(e).replace("eval.learn", "--tasks").replace("eval.forget", "--forget")) from None
-    payload = {"model": model, "fp": ref.fingerprint, "eval": dataclasses.asdict(ev),
-               "tasks": task_fingerprint(ev.learn + ev.forget, ev.include), "precision": "auto"}
-    job = BaseEval(content_id(payload), model, ref.fingerprint, ev, "auto")
-    from harness.run.cell import run_job
-    from harness.run.jobs import Job
-
+    job = base_job(base_eval(model, ref.fingerprint, ev, "auto", task_fingerprint(ev.learn + ev.forget, ev.include)),
+                   os.cpu_count() or 1)
     # lm-eval's own bars and messages go to a log, as a matrix worker's do
     log = results / "logs" / f"eval-{job.id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"evaluating {model} on {len(ev.learn) + len(ev.forget)} task(s) (library output: {log})", file=sys.stderr,
           flush=True)
     with log.open("w") as f, fd_to(2, f):
-        row = run_job(Job(job.id, "base", job.config(), f"eval {model}", None, os.cpu_count() or 1,
-                          __import__("harness").__version__), results, lambda e: None)
+        row = run_job(job, results, lambda e: None)
     path = db_path(db, results)
     runner.ingest(path, results, [job.id], matrix="eval")
     if row["status"] != "ok":

@@ -1,1 +1,1 @@
-"""Helpers every stage shares: ids (stable hashes), atomic file writes, the offline environment, number formatting."""
+"""Helpers every stage shares: ids (stable hashes), the shared cache, atomic writes (atomic), numbers as text (fmt)."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, Iterator
+
+from harness.core.atomic import atomic_file, remove
 
 
 def root() -> Path:
@@ -54,19 +55,7 @@ def build_once(entry: Path, build: Callable[[Path], None], done: Callable[[Path]
         if done(entry):  # built by another process while this one waited
             return entry
         for stale in entry.parent.glob(f".{entry.name}.tmp-*"):  # a killed builder's (it held this lock)
-            _remove(stale)
-        tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}"
-        try:
+            remove(stale)
+        with atomic_file(entry) as tmp:  # replaces a leftover without the done marker
             build(tmp)
-            _remove(entry)  # a leftover without the done marker
-            os.replace(tmp, entry)
-        finally:
-            _remove(tmp)
     return entry
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

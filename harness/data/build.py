@@ -10,11 +10,11 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
+from harness.core.atomic import atomic_dir
 from harness.data import curate, generate
 from harness.data.recipe import Recipe
 from harness.data.sources import SourceReport, load_source
@@ -36,20 +36,15 @@ def _write(r: Recipe, final: Path, body: str, card: dict, decisions: list[tuple]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = final.parent / f".{r.id}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "data.jsonl").write_text(body)
     cols = list(zip(*decisions)) if decisions else [[]] * 8
     types = {"dataset_id": pa.string(), "step_index": pa.int32(), "step": pa.string(), "example_id": pa.string(),
              "reason": pa.string(), "score": pa.float64(), "prompt": pa.string(), "response": pa.string()}
-    pq.write_table(pa.table({c: pa.array(v, t) for (c, t), v in zip(types.items(), cols)}),
-                   tmp / "decisions.parquet")
-    (tmp / "card.json").write_text(json.dumps(card, indent=1))
-    try:
-        os.replace(tmp, final)
-    except OSError:  # built concurrently by another process: theirs is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
+    # keep_existing: built concurrently by another process, theirs is as good as ours
+    with atomic_dir(final, keep_existing=True) as tmp:
+        (tmp / "data.jsonl").write_text(body)
+        pq.write_table(pa.table({c: pa.array(v, t) for (c, t), v in zip(types.items(), cols)}),
+                       tmp / "decisions.parquet")
+        (tmp / "card.json").write_text(json.dumps(card, indent=1))
 
 
 def _order(recipes: dict[str, Recipe], arms: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.atomic import atomic_file
 from harness.core.cache import cache_dir
 from harness.core.progress import progress
 from harness.data.generate import Meter
@@ -126,12 +127,9 @@ class Store:
         self.rows.update(zip(keys, zip(vectors, seconds.tolist())))
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp = self.folder / f".{name}.tmp"  # not *.npz: a reader never opens half a shard
-        with tmp.open("wb") as f:
+        # the temporary name does not end in .npz: a reader never opens half a shard
+        with atomic_file(self.folder / f"{uuid.uuid4().hex}.npz") as tmp, tmp.open("wb") as f:
             np.savez(f, keys=np.array(keys), vectors=vectors, seconds=seconds)
-        os.replace(tmp, self.folder / f"{name}.npz")
 
 
 def text_key(text: str) -> str:

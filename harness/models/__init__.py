@@ -2,8 +2,8 @@
 
 from harness.models.refs import (ALIASES, CONVERSION_VERSION, HUB_FILES, HUB_ID, ONLINE_ENV, PACKAGED, TRUST_ENV,
                                  ModelError, ModelRef, Packaged, chat_template_info, dequantize_gguf, load, model_path,
-                                 offline_env, online, resolve, trust_remote_code)
+                                 offline_env, online, resolve, set_worker_env, trust_remote_code, worker_env)
 
 __all__ = ["ALIASES", "CONVERSION_VERSION", "HUB_FILES", "HUB_ID", "ONLINE_ENV", "PACKAGED", "TRUST_ENV", "ModelError",
            "ModelRef", "Packaged", "chat_template_info", "dequantize_gguf", "load", "model_path", "offline_env",
-           "online", "resolve", "trust_remote_code"]
+           "online", "resolve", "set_worker_env", "trust_remote_code", "worker_env"]

@@ -87,6 +87,18 @@ def offline_env() -> dict[str, str]:
     return {} if online() else {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def worker_env() -> dict[str, str]:
+    """What every harness process runs with (the CLI, each cell's worker): offline_env, and tokenizers' own threads
+    off (each cell process has its torch threads)."""
+    return {**offline_env(), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_worker_env() -> None:
+    """worker_env in this process, before any Hugging Face library is imported; variables the user set stay."""
+    for k, v in worker_env().items():
+        os.environ.setdefault(k, v)
+
+
 def trust_remote_code() -> bool:
     return os.environ.get(TRUST_ENV) == "1"
 

@@ -9,6 +9,7 @@ executor's business.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -18,14 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
-from harness.models import offline_env  # light: no torch
+from harness.core.atomic import move_into_place, temp_path
+from harness.models import set_worker_env  # light: no torch
 from harness.run.jobs import Evaluating, Job, Step
-
-
-def set_environment() -> None:
-    """Offline unless HARNESS_ONLINE=1; tokenizers' own threads off (each cell process has its torch threads)."""
-    for k, v in {**offline_env(), "TOKENIZERS_PARALLELISM": "false"}.items():
-        os.environ.setdefault(k, v)
 
 
 class Abandoned(Exception):
@@ -84,11 +80,14 @@ def cast_frozen_linears(model, dtype) -> None:
                     p.data = p.data.to(dtype)
 
 
-def _write_parquet(rows: list[dict], path: Path, columns: dict) -> None:
+def _write_parquet(rows: list[dict], folder: Path, table: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], t) for c, t in columns.items()}), path)
+    from harness.store import ARTEFACT_COLUMNS
+
+    pq.write_table(pa.table({c: pa.array([r.get(c) for r in rows], pa.type_for_alias(t))
+                             for c, t in ARTEFACT_COLUMNS[table].items()}), folder / f"{table}.parquet")
 
 
 _ENCODED: dict[tuple, tuple[list, list]] = {}
@@ -180,21 +179,16 @@ def identity(job: Job) -> dict:
             "harness_version": job.harness_version}
 
 
-def _tmp_folder(results: Path, run_id: str) -> Path:
-    return results / "runs" / f".{run_id}.tmp-{platform.node()}-{os.getpid()}"
-
-
 def _place(tmp: Path, row: dict, final: Path) -> None:
     (tmp / "result.json").write_text(json.dumps(row, indent=1, default=str))
-    shutil.rmtree(final, ignore_errors=True)  # an earlier failed attempt
-    os.replace(tmp, final)
+    move_into_place(tmp, final)  # over an earlier failed attempt
 
 
 def write_failed(job: Job, results: Path, error: str) -> Path:
     """The folder of a cell whose process died before it could write one (a lost node, OOM, kill -9), so that the
     failure and its reason are recorded like any other; a rerun of the matrix runs the cell again."""
     final = results / "runs" / job.id
-    tmp = _tmp_folder(results, job.id)
+    tmp = temp_path(final)
     tmp.mkdir(parents=True, exist_ok=True)
     _place(tmp, {**identity(job), "status": "failed", "error": error, "env": None, "finished_at": _now()}, final)
     return final
@@ -202,7 +196,7 @@ def write_failed(job: Job, results: Path, error: str) -> Path:
 
 def warm_up() -> None:
     """The heavy imports (~4 s), once per long-lived worker, before its first cell."""
-    set_environment()
+    set_worker_env()
     import lm_eval.evaluator  # noqa: F401
     import peft  # noqa: F401
 
@@ -211,7 +205,6 @@ def warm_up() -> None:
 
 def run_job(job: Job, results: Path, emit) -> dict:
     """Train (kind 'sft') and/or evaluate (every kind) one job; returns the result row written to result.json."""
-    import pyarrow as pa
     import torch
 
     from harness import models
@@ -219,10 +212,10 @@ def run_job(job: Job, results: Path, emit) -> dict:
     from harness.eval.tasks import evaluate
     from harness.train.sft import attention_for, autocast_dtype
 
-    set_environment()
+    set_worker_env()
     run_id, cfg = job.id, {**job.config, "results": results}
     final = results / "runs" / run_id
-    tmp = _tmp_folder(results, run_id)
+    tmp = temp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -264,19 +257,9 @@ def run_job(job: Job, results: Path, emit) -> dict:
         peak = cost.peak_flops(row["env"].get("gpu"))
         if peak and row.get("train_flops"):
             row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak * cfg["train"]["devices"])
-        _write_parquet([{"step": r.step, "loss": r.loss, "lr": r.lr, "tokens": r.tokens,
-                         "label_tokens": r.label_tokens, "seconds": r.seconds} for r in curve],
-                       tmp / "train_steps.parquet",
-                       {"step": pa.int32(), "loss": pa.float64(), "lr": pa.float64(), "tokens": pa.int32(),
-                        "label_tokens": pa.int32(), "seconds": pa.float64()})
-        _write_parquet(scores.metrics, tmp / "evals.parquet",
-                       {"task": pa.string(), "task_group": pa.string(), "metric": pa.string(), "value": pa.float64(),
-                        "stderr": pa.float64(), "n": pa.int32(), "higher_is_better": pa.bool_(),
-                        "is_primary": pa.bool_()})
-        _write_parquet(scores.samples, tmp / "samples.parquet",
-                       {"task": pa.string(), "task_group": pa.string(), "doc_id": pa.int32(), "prompt": pa.string(),
-                        "target": pa.string(), "response": pa.string(), "score": pa.float64(),
-                        "metrics": pa.string()})
+        _write_parquet([dataclasses.asdict(r) for r in curve], tmp, "train_steps")
+        _write_parquet(scores.metrics, tmp, "evals")
+        _write_parquet(scores.samples, tmp, "samples")
         row["status"] = "ok"
     except Abandoned:
         shutil.rmtree(tmp, ignore_errors=True)

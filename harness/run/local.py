@@ -24,9 +24,9 @@ from harness.run.jobs import Evaluating, Event, ExecutorInfo, Finished, Job, Sta
 
 class _Worker:
     def __init__(self, results: Path, log_path: Path, events: queue.Queue, index: int):
-        from harness.models import offline_env
+        from harness.models import worker_env
 
-        env = {**os.environ, **offline_env(), "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, **worker_env()}
         self.log_path = log_path
         self.log = log_path.open("a")
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.run.local", str(results)], stdin=subprocess.PIPE,

@@ -61,10 +61,13 @@ def clean_partial(results: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def base_job(b: BaseEval, threads: int) -> Job:
+    return Job(b.id, "base", b.config(), f"base {b.model}", None, threads, __version__)
+
+
 def jobs_for(p: Plan, ids: set[str], threads: int) -> list[Job]:
     """Bases first (every cell of their model is compared with them), then cells in plan order."""
-    jobs = [Job(b.id, "base", b.config(), f"base {b.model}", None, threads, __version__)
-            for b in p.bases if b.id in ids]
+    jobs = [base_job(b, threads) for b in p.bases if b.id in ids]
     jobs += [Job(c.id, "sft", c.config(), f"{c.method}/{c.arm}/s{c.seed}", c.lr, threads, __version__)
              for c in p.cells if c.id in ids]
     return jobs

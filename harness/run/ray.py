@@ -28,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator
 
+from harness.core.atomic import atomic_dir
 from harness.run.jobs import Evaluating, Event, ExecutorError, ExecutorInfo, Finished, Job, Note, Started, Step
 from harness.spec import Run
 
@@ -47,12 +48,8 @@ def _pack(folder: Path) -> bytes:
 
 def _unpack(blob: bytes, final: Path) -> None:
     """Into place atomically: a temporary sibling, then one rename."""
-    tmp = final.parent / f".{final.name}.tmp-{os.uname().nodename}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+    with atomic_dir(final) as tmp, tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(tmp, filter="data")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
 
 
 def _reason(e: BaseException) -> str:

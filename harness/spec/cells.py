@@ -71,14 +71,18 @@ def content_id(payload: dict) -> str:
     return f"{stable_hash(blob, __version__, DATA_VERSION):016x}"[:12]
 
 
+def base_eval(model: str, fingerprint: str, ev: Eval, precision: str, task_fingerprint: str) -> BaseEval:
+    """The untrained model's evaluation (a matrix's, or `harness eval`'s), its id over all that decides its scores."""
+    payload = {"model": model, "fp": fingerprint, "eval": dataclasses.asdict(ev), "tasks": task_fingerprint,
+               "precision": precision}
+    return BaseEval(content_id(payload), model, fingerprint, ev, precision)
+
+
 def expand(m: Matrix, model_fingerprints: dict[str, str], dataset_ids: dict[str, str],
            task_fingerprint: str) -> tuple[list[Cell], list[BaseEval]]:
     """Cells in run order: seed-major, so a partial run already has every method x arm for the first seed."""
-    bases = {}
-    for model in m.models:
-        payload = {"model": model, "fp": model_fingerprints[model], "eval": dataclasses.asdict(m.eval),
-                   "tasks": task_fingerprint, "precision": m.train.precision}
-        bases[model] = BaseEval(content_id(payload), model, model_fingerprints[model], m.eval, m.train.precision)
+    bases = {model: base_eval(model, model_fingerprints[model], m.eval, m.train.precision, task_fingerprint)
+             for model in m.models}
     cells = []
     for seed in m.seeds:
         for model in m.models:

@@ -9,14 +9,11 @@ and a kill mid-ingest leaves the previous state.
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
-
-DEFAULT_DB = Path("results") / "harness.duckdb"
 
 # Append-only: each migration runs once, in order, recorded in schema_migrations. Never edit a released one.
 MIGRATIONS: list[tuple[str, str]] = [
@@ -145,8 +142,16 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-def db_path(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get("HARNESS_DB") or DEFAULT_DB)
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection):
+    """BEGIN ... COMMIT; ROLLBACK and re-raise when the block raises (a kill leaves the previous state)."""
+    con.execute("BEGIN")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
@@ -157,10 +162,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     for version, (name, sql) in enumerate(MIGRATIONS, start=1):
         if version in done:
             continue
-        con.execute("BEGIN")
-        con.execute(sql)
-        con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
     return len(MIGRATIONS)
 
 
@@ -197,11 +201,11 @@ def reader(path: Path):
         con.close()
 
 
-def _replace(con, table: str, key: str, value: str, parquet: Path | None, columns: str) -> None:
-    con.execute(f"DELETE FROM {table} WHERE {key} = ?", [value])
-    if parquet is not None and parquet.exists():
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT ?, {columns.split(', ', 1)[1]} FROM read_parquet(?)",
-                    [value, str(parquet)])
+def _replace(con, table: str, run_id: str, parquet: Path, columns: list[str]) -> None:
+    con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+    if parquet.exists():
+        con.execute(f"INSERT INTO {table} (run_id, {', '.join(columns)}) SELECT ?, {', '.join(columns)} "
+                    f"FROM read_parquet(?)", [run_id, str(parquet)])
 
 
 RUN_COLUMNS = ["run_id", "kind", "model", "model_fingerprint", "method", "method_kind", "arm", "dataset_id", "seed",
@@ -210,6 +214,16 @@ RUN_COLUMNS = ["run_id", "kind", "model", "model_fingerprint", "method", "method
                "response_tokens", "trainable_params", "total_params", "weights_path", "env", "harness_version",
                "hardware", "tokens_per_second", "peak_rss_bytes", "peak_gpu_bytes", "weights_bytes", "train_flops",
                "mfu", "device_hours", "cost_usd"]
+# A cell's artefacts (results/runs/<id>/<table>.parquet, written by harness/run/cell.py): their columns and Arrow
+# types. Ingest copies each into the table of the same name, with the run_id in front.
+ARTEFACT_COLUMNS: dict[str, dict[str, str]] = {
+    "train_steps": {"step": "int32", "loss": "float64", "lr": "float64", "tokens": "int32", "label_tokens": "int32",
+                    "seconds": "float64"},
+    "evals": {"task": "string", "task_group": "string", "metric": "string", "value": "float64", "stderr": "float64",
+              "n": "int32", "higher_is_better": "bool", "is_primary": "bool"},
+    "samples": {"task": "string", "task_group": "string", "doc_id": "int32", "prompt": "string", "target": "string",
+                "response": "string", "score": "float64", "metrics": "string"},
+}
 DATASET_COLUMNS = ["dataset_id", "recipe", "parent", "n_examples", "n_by_skill", "content_hash", "path",
                    "build_seconds", "created_at", "generated_tokens", "device_hours", "cost_usd", "n_source", "n_bad"]
 
@@ -219,23 +233,14 @@ def ingest_run(con, run_dir: Path, matrix: str | None) -> dict:
     row = json.loads((run_dir / "result.json").read_text())
     run_id = row["run_id"]
     values = [json.dumps(row[c]) if c in ("config", "env") else row.get(c) for c in RUN_COLUMNS]
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
         con.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
                     values)
-        _replace(con, "train_steps", "run_id", run_id, run_dir / "train_steps.parquet",
-                 "run_id, step, loss, lr, tokens, label_tokens, seconds")
-        _replace(con, "evals", "run_id", run_id, run_dir / "evals.parquet",
-                 "run_id, task, task_group, metric, value, stderr, n, higher_is_better, is_primary")
-        _replace(con, "samples", "run_id", run_id, run_dir / "samples.parquet",
-                 "run_id, task, task_group, doc_id, prompt, target, response, score, metrics")
+        for table, columns in ARTEFACT_COLUMNS.items():
+            _replace(con, table, run_id, run_dir / f"{table}.parquet", list(columns))
         if matrix:
             con.execute("INSERT OR IGNORE INTO matrix_cells VALUES (?, ?)", [matrix, run_id])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return row
 
 
@@ -243,8 +248,7 @@ def ingest_dataset(con, data_dir: Path) -> None:
     """Load a built data set's card and decisions (results/data/<id>/)."""
     card = json.loads((data_dir / "card.json").read_text())
     did = card["dataset_id"]
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM datasets WHERE dataset_id = ?", [did])
         row = {**card, "dataset_id": did, "recipe": json.dumps(card["recipe"]), "path": str(data_dir),
                "n_by_skill": json.dumps(card["n_by_skill"])}
@@ -258,13 +262,22 @@ def ingest_dataset(con, data_dir: Path) -> None:
                          json.dumps(st.get("score_stats")), st.get("seconds"), st.get("generated_tokens"),
                          st.get("compute_seconds")])
         con.execute("DELETE FROM data_decisions WHERE dataset_id = ?", [did])
-        # BY NAME: decisions written before migration 3 lack the prompt and response columns, which stay NULL
+        # BY NAME: decisions written before migration 5 (curation provenance) lack the prompt and response columns, which stay NULL
         con.execute("INSERT INTO data_decisions BY NAME SELECT * FROM read_parquet(?)",
                     [str(data_dir / "decisions.parquet")])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+
+
+def matrices(con) -> list[str]:
+    """The matrices in the database, the most recently run first: the one whose last trained cell finished last."""
+    return [m for (m,) in con.execute("""
+        SELECT m.matrix FROM matrix_cells m JOIN runs r USING (run_id) GROUP BY m.matrix
+        ORDER BY bool_or(r.kind = 'sft') DESC, max(r.finished_at) DESC NULLS LAST, m.matrix""").fetchall()]
+
+
+def latest_matrix(con) -> str | None:
+    """The most recently run matrix (None in a database without one)."""
+    known = matrices(con)
+    return known[0] if known else None
 
 
 def ingested_ok(con, run_ids: list[str]) -> set[str]:

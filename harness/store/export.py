@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shlex
-import shutil
 from pathlib import Path
 
+from harness.core.atomic import atomic_file
 from harness.store import db as store
 
 
@@ -163,21 +162,15 @@ def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
 
 
 def to_parquet(db: Path, out: Path) -> list[Path]:
-    """Every table and view of the database as OUT/<name>.parquet (written to a temporary folder, then moved)."""
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Every table and view of the database as OUT/<name>.parquet (each written beside its target, then moved)."""
+    paths = []
     with store.reader(db) as con:
         names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
                                            "'main' ORDER BY table_name").fetchall()]
         for name in names:
-            con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{tmp / name}.parquet' (FORMAT parquet)")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        os.replace(tmp / f"{name}.parquet", out / f"{name}.parquet")
-        paths.append(out / f"{name}.parquet")
-    tmp.rmdir()
+            paths.append(out / f"{name}.parquet")
+            with atomic_file(paths[-1]) as tmp:
+                con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{tmp}' (FORMAT parquet)")
     return paths
 
 
@@ -217,9 +210,7 @@ def to_lm_eval(db: Path, out: Path, run_ids: list[str] | None = None) -> list[Pa
         run = find_run(db, rid)
         stamp = (run["finished_at"] or datetime.datetime.now()).strftime("%Y-%m-%dT%H-%M-%S")
         path = out / rid / f"results_{stamp}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(results_json(db, run), indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(results_json(db, run), indent=2, default=str) + "\n")
         paths.append(path)
     return paths

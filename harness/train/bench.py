@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.core.atomic import atomic_file
+
 WARMUP_STEPS = 5  # first steps excluded from throughput (allocator and kernel warm-up)
 
 
@@ -180,7 +182,5 @@ def report(rows: list[Result]) -> list[dict]:
 
 
 def save(rows: list[Result], table: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"runs": [asdict(r) for r in rows], "summary": table}, indent=1))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps({"runs": [asdict(r) for r in rows], "summary": table}, indent=1))

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.core.atomic import atomic_file
+
 
 def train(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step) -> tuple[object, list, dict]:
     """train_cell's contract (the model, its loss curve and counts), trained by `cfg["train"]["devices"]` processes."""
@@ -80,9 +82,10 @@ def main(job_path: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from harness.run.cell import set_environment, train_cell
+    from harness.models import set_worker_env
+    from harness.run.cell import train_cell
 
-    set_environment()  # first: offline before any Hugging Face import
+    set_worker_env()  # first: offline before any Hugging Face import
 
     from harness import models
     from harness.train.sft import attention_for, autocast_dtype
@@ -114,9 +117,8 @@ def main(job_path: str) -> None:
     if rank == 0:
         trained = {k: p.detach().contiguous().cpu() for k, p in model.named_parameters() if p.requires_grad}
         save_file(trained, out / "trained.safetensors")
-        (out / "result.json.tmp").write_text(json.dumps({"curve": [dataclasses.asdict(r) for r in curve],
-                                                         "counts": counts}))
-        os.replace(out / "result.json.tmp", out / "result.json")
+        with atomic_file(out / "result.json") as tmp:
+            tmp.write_text(json.dumps({"curve": [dataclasses.asdict(r) for r in curve], "counts": counts}))
     dist.destroy_process_group()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import numpy as np
 from harness import store
 from harness.analysis.check.compare import Result
 from harness.analysis.check.policy import Policy
+from harness.core.atomic import atomic_file
+from harness.core.fmt import number
 from harness.core.ids import stable_hash
 
 
@@ -21,7 +22,7 @@ COLUMNS = ["cell", "metric", "gate", "baseline", "candidate", "change [95% CI]",
 
 
 def _num(v: float) -> str:
-    return "–" if v is None or not np.isfinite(v) else f"{v:.3f}" if abs(v) < 100 else f"{v:,.1f}"
+    return number(v, big=100, big_digits=1)
 
 
 def table(res: Result) -> list[list[str]]:
@@ -103,10 +104,8 @@ def junit(res: Result) -> str:
 
 def write_text(path: Path, text: str) -> None:
     """Atomic: a reader sees the old file or the new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def record(db: Path, res: Result) -> str:

@@ -49,13 +49,11 @@ def from_db(con, value: str, db: Path, what: str) -> Side:
             if _has_table(con, "check_baselines") else None
         if row:
             return from_json(json.loads(row[0]), f"baseline {value!r} saved in {db}")
-    matrices = [m for (m,) in con.execute("""
-        SELECT m.matrix FROM matrix_cells m JOIN runs r USING (run_id) GROUP BY m.matrix
-        ORDER BY bool_or(r.kind = 'sft') DESC, max(r.finished_at) DESC NULLS LAST, m.matrix""").fetchall()]
+    matrices = store.matrices(con)
     if value == "latest" and what == "candidate":
-        if not matrices:
+        value = store.latest_matrix(con)
+        if value is None:
             raise CheckError(f"--candidate latest: {db} holds no matrix yet (run `harness matrix run` first)")
-        value = matrices[0]
     run_ids, partial = None, False
     if value not in matrices:
         row = con.execute("SELECT run_id, base_run_id, status FROM runs WHERE run_id = ?", [value]).fetchone()

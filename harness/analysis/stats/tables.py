@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness import store
 from harness.analysis.stats.bootstrap import (Options, adjust, boot_means, effect_size, example_counts, interval,
                                               mcnemar, over_seeds, seed_counts, wald)
 from harness.analysis.stats.scores import BASELINES, ROLE_ORDER, Metric, Scores, metric_samples, metrics_for
@@ -193,8 +194,7 @@ def write(con, matrix: str, tables: Tables, opts: Options) -> None:
     """Replace the matrix's rows in the stat_* tables (one transaction)."""
     params = pd.DataFrame([{"matrix": matrix, "n_boot": opts.n_boot, "confidence": opts.confidence,
                             "alpha": opts.alpha, "seed": opts.seed}])
-    con.execute("BEGIN")
-    try:
+    with store.transaction(con):
         for name, df in zip(STAT_TABLES + ("stat_params",),
                             (tables.runs, tables.arms, tables.comparisons, params)):
             con.execute(f"DELETE FROM {name} WHERE matrix = ?", [matrix])
@@ -202,7 +202,3 @@ def write(con, matrix: str, tables: Tables, opts: Options) -> None:
                 con.register("_df", df)
                 con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _df")
                 con.unregister("_df")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
