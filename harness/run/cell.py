@@ -207,14 +207,12 @@ def run_job(job: Job, results: Path, emit) -> dict:
     """Train (kind 'sft') and/or evaluate (every kind) one job; returns the result row written to result.json."""
     import torch
 
-    from harness import models
     from harness.train import cost
-    from harness.eval.tasks import evaluate
     from harness.train.sft import attention_for, autocast_dtype
 
     set_worker_env()
-    run_id, cfg = job.id, {**job.config, "results": results}
-    final = results / "runs" / run_id
+    cfg = {**job.config, "results": results}
+    final = results / "runs" / job.id
     tmp = temp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -226,34 +224,11 @@ def run_job(job: Job, results: Path, emit) -> dict:
     row = {**identity(job), "started_at": _now(),
            "env": environment(device, job.threads, str(dtype) if dtype else None, attention),
            "hardware": cost.hardware(device, job.threads)}
-    last = [0.0]
-
-    def on_step(rec, total: int):
-        if time.perf_counter() - last[0] > 0.5 or rec.step == total - 1:
-            last[0] = time.perf_counter()
-            emit(Step(job, rec.step + 1, total, rec.loss))
-
     t0 = time.perf_counter()
     memory = cost.PeakMemory(device)
     try:
         with memory:
-            ref = models.resolve(cfg["model"])
-            model, tokenizer = models.load(ref, results, device, attention)
-            row["env"]["chat_template"] = models.chat_template_info(tokenizer)
-            row["total_params"] = sum(p.numel() for p in model.parameters())
-            row["prep_seconds"] = time.perf_counter() - t0
-            curve = []
-            if job.kind == "sft":
-                model, curve, counts = train_cell(model, tokenizer, cfg, job.lr, device, dtype, on_step)
-                row.update(counts, prep_seconds=row["prep_seconds"] + counts["prep_seconds"])
-                model, saved = save_weights(model, tokenizer, cfg, ref, tmp, final)
-                row.update(saved)
-            emit(Evaluating(job))
-            t2 = time.perf_counter()
-            ev = cfg["eval"]
-            scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
-                              batch_size=ev["batch_size"], device=device, autocast=dtype)
-            row["eval_seconds"] = time.perf_counter() - t2
+            curve, scores = _train_and_evaluate(job, cfg, row, tmp, final, (device, dtype, attention), emit, t0)
         peak = cost.peak_flops(row["env"].get("gpu"))
         if peak and row.get("train_flops"):
             row["mfu"] = row["train_flops"] / (row["train_seconds"] * peak * cfg["train"]["devices"])
@@ -276,3 +251,43 @@ def run_job(job: Job, results: Path, emit) -> dict:
     row["cost_usd"] = row["device_hours"] * cost.price_per_hour(row["hardware"])
     _place(tmp, row, final)
     return row
+
+
+def _train_and_evaluate(job: Job, cfg: dict, row: dict, tmp: Path, final: Path, where: tuple, emit,
+                        t0: float) -> tuple[list, object]:
+    """Load the model, train and save it (kind 'sft'), evaluate it; the timings and counts go into `row`. `where`:
+    (device, autocast dtype, attention). Returns the loss curve and the scores."""
+    from harness import models
+    from harness.eval.tasks import evaluate
+
+    device, dtype, attention = where
+    ref = models.resolve(cfg["model"])
+    model, tokenizer = models.load(ref, cfg["results"], device, attention)
+    row["env"]["chat_template"] = models.chat_template_info(tokenizer)
+    row["total_params"] = sum(p.numel() for p in model.parameters())
+    row["prep_seconds"] = time.perf_counter() - t0
+    curve = []
+    if job.kind == "sft":
+        model, curve, counts = train_cell(model, tokenizer, cfg, job.lr, device, dtype, _on_step(job, emit))
+        row.update(counts, prep_seconds=row["prep_seconds"] + counts["prep_seconds"])
+        model, saved = save_weights(model, tokenizer, cfg, ref, tmp, final)
+        row.update(saved)
+    emit(Evaluating(job))
+    t2 = time.perf_counter()
+    ev = cfg["eval"]
+    scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
+                      batch_size=ev["batch_size"], device=device, autocast=dtype)
+    row["eval_seconds"] = time.perf_counter() - t2
+    return curve, scores
+
+
+def _on_step(job: Job, emit):
+    """The training loop's step callback: a Step event at most every half second, and for the last step."""
+    last = [0.0]
+
+    def on_step(rec, total: int):
+        if time.perf_counter() - last[0] > 0.5 or rec.step == total - 1:
+            last[0] = time.perf_counter()
+            emit(Step(job, rec.step + 1, total, rec.loss))
+
+    return on_step
