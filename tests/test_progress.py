@@ -4,8 +4,6 @@ from harness.core.progress import progress
 
 
 def test_progress_lines_show_rate_and_time_left(capsys):
-    from harness.core.progress import progress
-
     with progress("embedding", total=100, unit="texts", every=0) as advance:
         advance(40)
         advance(60)

@@ -262,7 +262,7 @@ def ingest_dataset(con, data_dir: Path) -> None:
                          json.dumps(st.get("score_stats")), st.get("seconds"), st.get("generated_tokens"),
                          st.get("compute_seconds")])
         con.execute("DELETE FROM data_decisions WHERE dataset_id = ?", [did])
-        # BY NAME: decisions written before migration 5 (curation provenance) lack the prompt and response columns, which stay NULL
+        # BY NAME: decisions written before migration 5 (curation provenance) lack prompt and response: NULL
         con.execute("INSERT INTO data_decisions BY NAME SELECT * FROM read_parquet(?)",
                     [str(data_dir / "decisions.parquet")])
 

@@ -211,8 +211,8 @@ def _pair_seeds(cell: str, boot: _Boot, opts: stats.Options) -> _Pairing:
                         [f"{cell}: seeds differ (baseline {seeds_b}, candidate {seeds_c}): compared unpaired over "
                          f"seeds"])
     # paired by seed: the same seeds on both sides, in the same order (the base model: seed None)
-    ib = np.array([dict(zip(seeds_b, gb["row"]))[x] for x in both])
-    ic = np.array([dict(zip(seeds_c, gc["row"]))[x] for x in both])
+    row_b, row_c = dict(zip(seeds_b, gb["row"])), dict(zip(seeds_c, gc["row"]))
+    ib, ic = np.array([row_b[x] for x in both]), np.array([row_c[x] for x in both])
     left = sorted(set(seeds_b + seeds_c) - set(both), key=str)
     if left:
         notes.append(f"{cell}: paired on seeds {both}; seeds {left} ran on one side only and are left out")
