@@ -31,7 +31,29 @@ BAD_CHAT = [
     ({"messages": [{"role": "bot", "content": "q"}]}, r"messages\.0: expected \{role: system\|user\|assistant"),
     ({"messages": [{"role": "assistant", "content": "a"}]}, r"messages: expected a user turn before"),
     ([1, 2], r"expected an object, got list"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"},
+                   {"role": "assistant", "content": "a"}]}, r"messages: a system turn is only allowed first"),
+    ({"conversations": [{"from": "bing", "value": "q"}]}, r"conversations\.0: expected \{from: human\|gpt\|system"),
+    ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]},
+     r"messages: the last turn must be the assistant's"),
 ]
+
+
+def test_sharegpt_rows_are_conversations(tmp_path):
+    """ShareGPT's {conversations: [{from, value}]} rows (human, gpt, system) read as messages."""
+    path = tmp_path / "sharegpt.jsonl"
+    raw = {"id": "sg1", "conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
+                                           {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Bye"},
+                                           {"from": "gpt", "value": "Goodbye."}]}
+    path.write_text(json.dumps(raw) + "\n")
+    (row,) = sources.read_jsonl(path)
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert row["response"] == "Goodbye." and "conversations" not in row
+    assert sources.assistant_turns(row) == ["Hello.", "Goodbye."]
+    assert sources.row_text(row, "response") == "Hello.\n\nGoodbye."
+    assert sources.history(row) == row["messages"][:-1]
+    changed = sources.with_response(row, "See you.")
+    assert changed["messages"][-1]["content"] == changed["response"] == "See you." and row["response"] == "Goodbye."
 
 
 @pytest.mark.parametrize("bad,message", BAD_CHAT)

@@ -89,9 +89,9 @@ def _cached_or_compute(journal: Journal, texts: list[str], batch_size: int, load
     """Records for `texts` (in order); `compute(batch of texts) -> list of (value, tokens)` runs on the missing ones,
     longest first so that a batch pads little. `load()` (the model) runs first, only if something is missing, and
     outside the timing: the seconds recorded are the model's compute."""
-    keys = [prompt_key(t) for t in texts]
+    keys = [prompt_key(t if isinstance(t, str) else json.dumps(t, sort_keys=True)) for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts) if k not in journal.records}.items(),
-                     key=lambda kv: -len(kv[1]))
+                     key=lambda kv: -len(json.dumps(kv[1])))
     meter.cached += len(set(keys)) - len(missing)
     if missing:
         load()
@@ -127,11 +127,15 @@ def causal_lm(model_ref: str, results: Path):
     return model, tok
 
 
-def _render(tok, prompt: str, system: str | None, shots=()) -> str:
+def _render(tok, prompt: str | list[dict], system: str | None, shots=()) -> str:
+    """A prompt (or a chat row's history of turns, which keeps its own system turn) after the system prompt and the
+    few-shot exchanges, ready for the assistant's turn."""
+    history = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if history[0]["role"] == "system":
+        system, history = history[0]["content"], history[1:]
     turns = [{"role": "system", "content": system}] if system else []
     turns += [{"role": role, "content": text} for q, a in shots for role, text in (("user", q), ("assistant", a))]
-    return tok.apply_chat_template(turns + [{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                   tokenize=False)
+    return tok.apply_chat_template(turns + history, add_generation_prompt=True, tokenize=False)
 
 
 def _autocast():
@@ -144,8 +148,10 @@ def _autocast():
     return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def generate(model_ref: str, prompts: list[str], p: GenParams, results: Path, meter: Meter) -> list[list[str]]:
-    """p.k responses per prompt from the model's chat template, greedy (temperature 0) or sampled."""
+def generate(model_ref: str, prompts: list[str | list[dict]], p: GenParams, results: Path, meter: Meter
+             ) -> list[list[str]]:
+    """p.k responses per prompt (a string, or a conversation's turns before the response) from the model's chat
+    template, greedy (temperature 0) or sampled."""
     import torch
     from transformers import GenerationConfig
 
@@ -153,7 +159,7 @@ def generate(model_ref: str, prompts: list[str], p: GenParams, results: Path, me
     journal = _journal(results, "generations", model_ref, params)
     load = functools.partial(causal_lm, model_ref, results)
 
-    def compute(batch: list[str]) -> list[tuple[list[str], int]]:
+    def compute(batch: list[str | list[dict]]) -> list[tuple[list[str], int]]:
         model, tok = causal_lm(model_ref, results)
         enc = tok([_render(tok, t, p.system, p.shots) for t in batch], return_tensors="pt", padding=True,
                   add_special_tokens=False).to(model.device)

@@ -11,11 +11,13 @@ Sources:
 A named source (`sources:` in a matrix) takes `path` or `hub` plus: skip_bad (skip and count malformed rows instead
 of stopping), split, columns (e.g. {prompt: question, response: answer}), and for hub: name, revision.
 
-Chat rows: the last turn must be the assistant's; it is the response (the only tokens that carry loss). A single
-user turn becomes the prompt as is. Longer histories (a system turn, earlier exchanges) are rendered into the prompt
-as a plain transcript, "System: ...\\n\\nUser: ...\\n\\nAssistant: ...\\n\\nUser: ...", which training then wraps in
-the model's chat template as one user turn: the whole context stays visible to the model, but earlier assistant
-turns do not get the template's own assistant markers. The original `messages` are kept on the row.
+Chat rows stay conversations: `messages` (system, user and assistant turns; ShareGPT's `conversations` of
+{from: human|gpt|system, value} is read as the same) is kept on the row, and training renders the whole of it with the
+model's chat template, loss on the assistant turns (harness/train/sft.py). The last turn must be the assistant's and
+the first after an optional system turn the user's. For curation and display a chat row also carries `prompt`, the
+history before the last assistant turn as a plain transcript ("System: ...\n\nUser: ...\n\nAssistant: ..."; a
+single user turn as is), and `response`, the last assistant turn. `row_text` is the one place curation reads a row's
+text from: its prompt, its assistant turns, or the whole conversation.
 """
 
 from __future__ import annotations
@@ -31,10 +33,24 @@ from harness.data import world
 from harness.spec import SpecError
 
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def render_messages(messages, where: str) -> tuple[str, str]:
-    """A chat -> (prompt, response): see the module docstring for how a history is rendered."""
+def _sharegpt(turns, where: str) -> list[dict]:
+    """ShareGPT's {from, value} turns -> {role, content} messages."""
+    if not isinstance(turns, list):
+        raise SpecError(f"{where}: conversations: expected a list of {{from, value}} turns")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or t.get("from") not in SHAREGPT_ROLES:
+            raise SpecError(f"{where}: conversations.{i}: expected {{from: human|gpt|system, value: a string}}")
+        out.append({"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
+    return out
+
+
+def check_messages(messages, where: str) -> list[dict]:
+    """A conversation's turns, checked: each {role, content}, the first after an optional system turn the user's,
+    the last the assistant's."""
     if not isinstance(messages, list) or not messages:
         raise SpecError(f"{where}: messages: expected a non-empty list of {{role, content}} turns")
     for i, t in enumerate(messages):
@@ -42,12 +58,51 @@ def render_messages(messages, where: str) -> tuple[str, str]:
             raise SpecError(f"{where}: messages.{i}: expected {{role: system|user|assistant, content: a string}}")
     if messages[-1]["role"] != "assistant":
         raise SpecError(f"{where}: messages: the last turn must be the assistant's (the response to learn)")
-    history = messages[:-1]
-    if not any(t["role"] == "user" for t in history):
+    first = 1 if messages[0]["role"] == "system" else 0
+    if messages[first]["role"] != "user":
         raise SpecError(f"{where}: messages: expected a user turn before the assistant's response")
+    if any(t["role"] == "system" for t in messages[1:]):
+        raise SpecError(f"{where}: messages: a system turn is only allowed first")
+    return messages
+
+
+def render_messages(messages: list[dict]) -> tuple[str, str]:
+    """A checked chat -> (prompt, response) for curation and display: see the module docstring."""
+    history = messages[:-1]
     if len(history) == 1:
         return history[0]["content"], messages[-1]["content"]
     return "\n\n".join(f"{t['role'].capitalize()}: {t['content']}" for t in history), messages[-1]["content"]
+
+
+def assistant_turns(row: dict) -> list[str]:
+    """The texts that carry loss: a chat row's assistant turns, or a row's response."""
+    if row.get("messages"):
+        return [t["content"] for t in row["messages"] if t["role"] == "assistant"]
+    return [row["response"]]
+
+
+def row_text(row: dict, on: str) -> str:
+    """What curation reads of a row: `prompt` (a chat row's history), `response` (every assistant turn) or
+    `conversation` (all of it)."""
+    if on == "prompt":
+        return row["prompt"]
+    if on == "response":
+        return "\n\n".join(assistant_turns(row))
+    return row["prompt"] + "\n\n" + row["response"]
+
+
+def history(row: dict) -> str | list[dict]:
+    """What a model answers to write a row's response: its prompt, or a chat row's turns before the last one."""
+    m = row.get("messages")
+    return m[:-1] if m and len(m) > 2 else row["prompt"]
+
+
+def with_response(row: dict, text: str, **extra) -> dict:
+    """The row with its response replaced (distillation, best-of-K): in a chat row, the last assistant turn."""
+    out = {**row, "response": text, **extra}
+    if row.get("messages"):
+        out["messages"] = row["messages"][:-1] + [{**row["messages"][-1], "content": text}]
+    return out
 
 
 def to_example(raw, where: str, default_id: str, columns: dict | None = None) -> dict:
@@ -56,9 +111,14 @@ def to_example(raw, where: str, default_id: str, columns: dict | None = None) ->
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: expected an object, got {type(raw).__name__}")
     rid = str(raw.get("id", default_id))
+    if raw.get(col["messages"]) is None and raw.get("conversations") is not None:
+        turns = _sharegpt(raw["conversations"], where)
+        raw = {k: v for k, v in raw.items() if k != "conversations"} | {col["messages"]: turns}
     if raw.get(col["messages"]) is not None:
-        prompt, response = render_messages(raw[col["messages"]], where)
-        return {**raw, "id": rid, "prompt": prompt, "response": response}
+        messages = check_messages(raw[col["messages"]], where)
+        prompt, response = render_messages(messages)
+        rest = {k: v for k, v in raw.items() if k != col["messages"]}
+        return {**rest, "id": rid, "messages": messages, "prompt": prompt, "response": response}
     prompt, response = raw.get(col["prompt"]), raw.get(col["response"])
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise SpecError(f"{where}: expected an object with string fields {col['prompt']} and {col['response']} "

@@ -93,18 +93,18 @@ def _write_parquet(rows: list[dict], folder: Path, table: str) -> None:
 _ENCODED: dict[tuple, tuple[list, list]] = {}
 
 
-def _encoded(results: Path, dataset_id: str, model_fp: str, max_length: int, tokenizer) -> tuple[list, list]:
+def _encoded(results: Path, dataset_id: str, model_fp: str, tr: dict, tokenizer) -> tuple[list, list]:
     """A data set's rows and their token ids, kept for the worker's next cells (other methods and seeds of the same
-    arm and model reuse them; the chat template is rendered twice per example, which adds up for 8,000 rows)."""
+    arm and model reuse them; the chat template is rendered twice per assistant turn, which adds up for 8,000 rows)."""
     from harness.data.build import load_rows
-    from harness.train.sft import encode_example
+    from harness.train.sft import encode_row
 
-    key = (str(results), dataset_id, model_fp, max_length)
+    key = (str(results), dataset_id, model_fp, tr["max_length"], tr["loss_on"])
     if key not in _ENCODED:
         rows = load_rows(results, dataset_id)
         if len(_ENCODED) >= 4:  # a few data sets (a matrix's arms), bounded memory
             _ENCODED.pop(next(iter(_ENCODED)))
-        _ENCODED[key] = rows, [encode_example(tokenizer, r["prompt"], r["response"], max_length) for r in rows]
+        _ENCODED[key] = rows, [encode_row(tokenizer, r, tr["max_length"], tr["loss_on"]) for r in rows]
     return _ENCODED[key]
 
 
@@ -114,7 +114,7 @@ def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on
     import torch.distributed as dist
 
     from harness.train import cost
-    from harness.train.sft import batch_order, optimize, step_batches
+    from harness.train.sft import batch_order, fit_length, optimize, step_batches
 
     tr = cfg["train"]
     if tr["devices"] > 1 and not dist.is_initialized():
@@ -122,13 +122,20 @@ def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on
 
         return ddp.train(model, tokenizer, cfg, lr, device, autocast, on_step)
     t0 = time.perf_counter()
-    rows, encoded = _encoded(cfg["results"], cfg["dataset_id"], cfg["model_fingerprint"], tr["max_length"], tokenizer)
+    rows, encoded = _encoded(cfg["results"], cfg["dataset_id"], cfg["model_fingerprint"], tr, tokenizer)
+    encoded, long_rows = fit_length([r["id"] for r in rows], encoded, tr["too_long"])
+    if not encoded:
+        raise ValueError(f"every row of data set {cfg['dataset_id']} is longer than train.max_length "
+                         f"{tr['max_length']} and train.too_long is drop: raise max_length or truncate")
     if tr["gradient_checkpointing"]:  # non-reentrant: also right for LoRA, whose inputs need no grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = prepare_method(model, cfg["method_cfg"], cfg["seed"], autocast)
     lengths = [len(e.input_ids) for e in encoded]
     order = batch_order(lengths, tr["batch_size"], cfg["seed"], **cfg["budget"])
-    out = {"examples": len(rows), "steps": len(order), "epochs": sum(map(len, order)) / len(rows),
+    out = {"examples": len(encoded), "steps": len(order), "epochs": sum(map(len, order)) / len(encoded),
+           "length_decisions": long_rows, "rows_over_length": len(long_rows),
+           "rows_dropped": sum(d["action"] == "dropped" for d in long_rows),
+           "trained_tokens_lost": sum(d["trained_tokens_lost"] for d in long_rows),
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "prep_seconds": time.perf_counter() - t0}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -271,6 +278,7 @@ def _train_and_evaluate(job: Job, cfg: dict, row: dict, tmp: Path, final: Path, 
     curve = []
     if job.kind == "sft":
         model, curve, counts = train_cell(model, tokenizer, cfg, job.lr, device, dtype, _on_step(job, emit))
+        _write_parquet(counts.pop("length_decisions", []), tmp, "length_decisions")
         row.update(counts, prep_seconds=row["prep_seconds"] + counts["prep_seconds"])
         model, saved = save_weights(model, tokenizer, cfg, ref, tmp, final)
         row.update(saved)

@@ -33,7 +33,11 @@ class Budget:
 @dataclass(frozen=True)
 class Train:
     batch_size: int = 16  # examples per optimizer step
-    max_length: int = 256  # tokens; longer examples are truncated (counted in the result)
+    max_length: int = 256  # tokens of a whole row (a chat row: its whole conversation)
+    too_long: Literal["truncate", "drop"] = "truncate"  # a longer row: cut at max_length keeping its start, or left
+    # out of training (either way counted per cell: rows, trained tokens lost; runs and length_decisions tables)
+    loss_on: Literal["all", "last"] = "all"  # chat rows: every assistant turn carries loss (TRL's assistant_only_loss,
+    # axolotl's and LLaMA-Factory's default), or only the final one. A {prompt, response} row has one turn either way
     lr: float = 1e-3  # right for the ~1M-parameter tiny base (full FT and LoRA); use ~2e-5 (full) for 100M+
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decays to lr/10
     warmup: float = 0.1  # fraction of steps with linear warm-up

@@ -139,6 +139,15 @@ MIGRATIONS: list[tuple[str, str]] = [
     -- compute by kind (cells; curation: data steps that ran models, counted as compute, not overhead)
     ALTER TABLE matrix_runs ADD COLUMN compute_parts JSON;
     """),
+    ("chat training", """
+    -- rows longer than train.max_length (a chat row: its whole conversation) and what train.too_long did with them
+    ALTER TABLE runs ADD COLUMN rows_over_length INTEGER;
+    ALTER TABLE runs ADD COLUMN rows_dropped INTEGER;          -- too_long: drop (truncate: 0)
+    ALTER TABLE runs ADD COLUMN trained_tokens_lost BIGINT;    -- assistant tokens cut off or dropped with their row
+    CREATE TABLE length_decisions (     -- one row per over-length example of a cell: truncated | dropped
+        run_id VARCHAR, example_id VARCHAR, action VARCHAR, tokens INTEGER, trained_tokens INTEGER,
+        trained_tokens_lost INTEGER);
+    """),
 ]
 
 
@@ -213,7 +222,7 @@ RUN_COLUMNS = ["run_id", "kind", "model", "model_fingerprint", "method", "method
                "train_seconds", "eval_seconds", "wall_seconds", "steps", "examples", "epochs", "train_tokens",
                "response_tokens", "trainable_params", "total_params", "weights_path", "env", "harness_version",
                "hardware", "tokens_per_second", "peak_rss_bytes", "peak_gpu_bytes", "weights_bytes", "train_flops",
-               "mfu", "device_hours", "cost_usd"]
+               "mfu", "device_hours", "cost_usd", "rows_over_length", "rows_dropped", "trained_tokens_lost"]
 # A cell's artefacts (results/runs/<id>/<table>.parquet, written by harness/run/cell.py): their columns and Arrow
 # types. Ingest copies each into the table of the same name, with the run_id in front.
 ARTEFACT_COLUMNS: dict[str, dict[str, str]] = {
@@ -223,6 +232,8 @@ ARTEFACT_COLUMNS: dict[str, dict[str, str]] = {
               "n": "int32", "higher_is_better": "bool", "is_primary": "bool"},
     "samples": {"task": "string", "task_group": "string", "doc_id": "int32", "prompt": "string", "target": "string",
                 "response": "string", "score": "float64", "metrics": "string"},
+    "length_decisions": {"example_id": "string", "action": "string", "tokens": "int32", "trained_tokens": "int32",
+                         "trained_tokens_lost": "int32"},
 }
 DATASET_COLUMNS = ["dataset_id", "recipe", "parent", "n_examples", "n_by_skill", "content_hash", "path",
                    "build_seconds", "created_at", "generated_tokens", "device_hours", "cost_usd", "n_source", "n_bad"]

@@ -1,8 +1,10 @@
 """Supervised fine-tuning: one loop for full fine-tuning and LoRA, and for the tiny base's pretraining.
 
 The SFT loss is cross-entropy over response tokens only (prompt tokens carry label -100), averaged over the
-response tokens of the batch: of the whole global batch of an optimizer step, when that step is split into
-micro-batches (gradient accumulation) and across processes (DDP), so that any split trains exactly as one batch would.
+response tokens of the whole global batch of an optimizer step, when that step is split into micro-batches (gradient
+accumulation) and across processes (DDP), so that any split trains exactly as one batch would. A chat row trains as
+its whole conversation through the model's chat template: every assistant turn (with its end-of-turn token) is a
+response, or only the final one (train.loss_on: last); system and user turns are context.
 Logits are computed only where a label exists: the LM head runs on the selected hidden states, which skips the prompt
 positions' vocab-sized projection (a real saving when prompts are long).
 """
@@ -29,36 +31,94 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class Encoded:
     input_ids: list[int]
-    labels: list[int]  # IGNORE on prompt positions
+    labels: list[int]  # IGNORE on every position that carries no loss (system, user, template markers)
+    cut: int = 0  # tokens cut off by max_length
+    trained_lost: int = 0  # of those, trained ones
 
     @property
     def n_response(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
-def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> Encoded:
-    """Render one exchange with the tokenizer's chat template; only the assistant turn carries loss.
+def _end_of_turn(tokenizer, text: str) -> str:
+    """An assistant turn as rendered, without the separator a template writes after its end-of-turn token (ChatML's
+    "<|im_end|>\\n"): the end-of-turn token is trained (the model must learn to stop), the separator is not:
+    generation has stopped before it, and it belongs to the next turn."""
+    if any(text.rstrip().endswith(t) for t in tokenizer.all_special_tokens):
+        return text.rstrip()
+    return text
 
-    The prompt is rendered with add_generation_prompt=True (exactly what the model sees at eval time); the
-    completion is the rest of the rendered conversation (the response and the template's end-of-turn tokens).
-    The two parts are tokenized separately, so no BPE merge can blur the boundary.
-    The end-of-turn token carries loss (the model must learn to stop); the separator a template writes after it
-    (ChatML's "<|im_end|>\\n") does not: generation has stopped before it, and it belongs to the next turn.
-    Templates that add a default system prompt when there is none (SmolLM2's) add it here and at eval time alike.
+
+def conversation_segments(tokenizer, messages: list[dict], loss_on: str = "all") -> list[tuple[str, bool]]:
+    """A conversation rendered by the tokenizer's chat template, cut into (text, trained) segments.
+
+    The cuts come from the template's own rendering, never from searching its output: for each assistant turn i,
+    the conversation up to it rendered with add_generation_prompt=True ends where that turn's text starts, and the
+    conversation including it ends where it stops. Everything else (system and user turns, role markers, a default
+    system prompt the template adds) is context. loss_on "all" trains every assistant turn, "last" only the final one.
+    A template that rewrites earlier turns when later ones follow (some drop past reasoning) has no such prefixes
+    and is refused: its training text would differ from what the model sees in use.
     """
-    user = [{"role": "user", "content": prompt}]
-    prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-    full_text = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
-    completion = full_text[len(prompt_text):]
-    if any(completion.rstrip().endswith(t) for t in tokenizer.all_special_tokens):
-        completion = completion.rstrip()
-    p = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    ids = (p + c)[:max_length]
-    labels = ([IGNORE] * len(p) + c)[:max_length]
-    return Encoded(ids, labels)
+    def render(turns, generation):
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=generation, tokenize=False)
+
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    segments, done = [], ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt, full = render(messages[:i], True), render(messages[:i + 1], False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError(f"messages.{i}: the chat template does not render the turns before this assistant "
+                             f"turn as a prefix of the conversation including it (it rewrites earlier turns), so "
+                             f"it cannot be trained turn by turn")
+        turn = _end_of_turn(tokenizer, full[len(prompt):])
+        segments += [(prompt[len(done):], False), (turn, loss_on == "all" or i == last)]
+        done = prompt + turn
+    return segments
+
+
+def encode_conversation(tokenizer, messages: list[dict], max_length: int, loss_on: str = "all") -> Encoded:
+    """Token ids and labels of a conversation: each segment of `conversation_segments` tokenized on its own, so no
+    BPE merge can blur a boundary between context and trained text; only trained segments carry labels. The ids
+    are cut at max_length (keeping the start); `trained_lost` counts the trained tokens that cut removed."""
+    ids, labels = [], []
+    for text, trained in conversation_segments(tokenizer, messages, loss_on):
+        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += part
+        labels += part if trained else [IGNORE] * len(part)
+    lost = sum(1 for t in labels[max_length:] if t != IGNORE)
+    return Encoded(ids[:max_length], labels[:max_length], max(0, len(ids) - max_length), lost)
+
+
+def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> Encoded:
+    """One exchange: a conversation of one user turn and the assistant's response (the template's default system
+    prompt, if it adds one, is added here and at eval time alike)."""
+    return encode_conversation(tokenizer, [{"role": "user", "content": prompt},
+                                           {"role": "assistant", "content": response}], max_length)
+
+
+def encode_row(tokenizer, row: dict, max_length: int, loss_on: str = "all") -> Encoded:
+    """A data set row: a chat row trains as its whole conversation (`messages`), a {prompt, response} row as one
+    exchange."""
+    if row.get("messages"):
+        try:
+            return encode_conversation(tokenizer, row["messages"], max_length, loss_on)
+        except ValueError as e:
+            raise ValueError(f"row {row.get('id')}: {e}") from None
+    return encode_example(tokenizer, row["prompt"], row["response"], max_length)
+
+
+def fit_length(ids: Sequence[str], encoded: Sequence[Encoded], too_long: str) -> tuple[list[Encoded], list[dict]]:
+    """The train.too_long policy for rows longer than max_length: "truncate" trains their start (already cut by the
+    encoder), "drop" leaves them out. Returns the examples to train on and one decision per long row (its id, what
+    was done, its tokens and trained tokens before the cut, the trained tokens lost)."""
+    decisions = [{"example_id": i, "action": "dropped" if too_long == "drop" else "truncated",
+                  "tokens": len(e.input_ids) + e.cut, "trained_tokens": e.n_response + e.trained_lost,
+                  "trained_tokens_lost": e.n_response + e.trained_lost if too_long == "drop" else e.trained_lost}
+                 for i, e in zip(ids, encoded) if e.cut]
+    kept = [e for e in encoded if not e.cut] if too_long == "drop" else list(encoded)
+    return kept, decisions
 
 
 @dataclass

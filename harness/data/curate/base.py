@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data import generate
+from harness.data.sources import assistant_turns
 
 
 class RecipeError(ValueError):
@@ -43,8 +44,9 @@ def describe(scores: list[float] | np.ndarray) -> dict | None:
 
 
 def response_length(row: dict, by: str = "chars") -> int:
-    """A response's length in characters (a tokenizer-free proxy for tokens: ~4 a token in English prose) or words."""
-    return len(row["response"]) if by == "chars" else len(row["response"].split())
+    """The length of what trains in a row (its response; every assistant turn of a chat row) in characters (a
+    tokenizer-free proxy for tokens: ~4 a token in English prose) or words."""
+    return sum(len(t) if by == "chars" else len(t.split()) for t in assistant_turns(row))
 
 
 def need_results(ctx: Context, step: str) -> Path:

