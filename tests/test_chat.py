@@ -6,6 +6,7 @@ prompt for loss_on last), on hand-written conversations and on real ones (ShareG
 package)."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,76 @@ def test_sharegpt_through_smollm2_tokenizes_as_trl_does(loss_on, tmp_path, micro
         ids, labels = ds[i]["input_ids"], ds[i]["labels"]
         assert len(ids) == len(e.input_ids) + 1 and tok.decode(ids[-1:]) == "\n"
         assert ids[:-1] == e.input_ids and labels[:-1] == e.labels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the CLI
+
+
+def chat_file(tmp_path, conversations) -> Path:
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"id": f"c{i}", "messages": m}) + "\n" for i, m in enumerate(conversations)))
+    return path
+
+
+def test_data_show_marks_the_trained_spans_and_what_max_length_costs(tmp_path, micro_base):
+    from helpers import cli
+    from harness.cli import app
+
+    chat_file(tmp_path, CONVERSATIONS)
+    (tmp_path / "chats.yaml").write_text(f"source: {tmp_path / 'chats.jsonl'}\n")
+    res = cli.invoke(app, ["data", "build", str(tmp_path / "chats.yaml"), "--results", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    dataset = next((tmp_path / "r" / "data").iterdir()).name
+    plain = cli.invoke(app, ["data", "show", dataset, "--results", str(tmp_path / "r")])
+    # the shortest row with two assistant turns or more: conversation 0, its system turn first
+    assert "example c0 as trained (loss_on all" in plain.output and "«4»" in plain.output
+    assert "«6 it is.»" in plain.output and "system: Be brief." in plain.output
+    last = cli.invoke(app, ["data", "show", dataset, "--loss-on", "last", "--results", str(tmp_path / "r")])
+    assert "«4»" not in last.output and "«6 it is.»" in last.output
+    short = cli.invoke(app, ["data", "show", dataset, "--model", "micro", "--max-length", "20", "--too-long", "drop",
+                             "--results", str(tmp_path / "r")])
+    assert short.exit_code == 0, short.output
+    assert "«4<|endoftext|>»" in short.output and "### Instruction:" in short.output  # the model's own template
+    assert "3 of 3 rows longer, 3 dropped" in short.output
+    bad = cli.invoke(app, ["data", "show", dataset, "--loss-on", "first", "--results", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "--loss-on: expected all or last, got 'first'" in bad.output
+
+
+@pytest.mark.slow
+def test_sharegpt_matrix_trains_with_loss_on_all_and_last(tmp_path, micro_base):
+    """300 real ShareGPT rows (the malformed ones skipped and counted) through a matrix: every assistant turn trains
+    with loss_on all, the final one with last; rows over max_length are truncated or dropped and counted."""
+    from harness import store
+    from harness.cli import app
+    from helpers import cli
+    from helpers.sharegpt import conversations
+
+    data = tmp_path / "sharegpt.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in conversations(300)))
+    results = tmp_path / "results"
+    for name, train in (("all", "{loss_on: all}"), ("last", "{loss_on: last, too_long: drop}")):
+        (tmp_path / f"{name}.yaml").write_text(f"""
+name: chat-{name}
+models: [micro]
+methods: {{full: {{}}}}
+sources: {{sharegpt: {{path: {data}, skip_bad: true}}}}
+arms: {{chat: {{source: sharegpt}}}}
+budget: {{steps: 3}}
+train: {{batch_size: 4, max_length: 512, {train[1:-1]}}}
+eval: {{limit: 2, learn: [skills_arith], forget: [prose_bpb]}}
+""")
+        res = cli.invoke(app, ["matrix", "run", str(tmp_path / f"{name}.yaml"), "--results", str(results)])
+        assert res.exit_code == 0, res.output
+    with store.reader(results / "harness.duckdb") as con:
+        n_source, n_bad = con.execute("SELECT n_source, n_bad FROM datasets").fetchone()
+        got = {lo: rest for lo, *rest in con.execute("""
+            SELECT json_extract_string(config, '$.train.loss_on'), examples, rows_over_length, rows_dropped,
+                   trained_tokens_lost, response_tokens, (SELECT count(*) FROM length_decisions l
+                   WHERE l.run_id = r.run_id) FROM runs r WHERE kind = 'sft'""").fetchall()}
+    assert n_bad > 0 and n_source + n_bad == 300  # ShareGPT's split rows that start with the assistant are named
+    (ex_all, over, dropped_all, lost_all, trained_all, n_all), (ex_last, over_last, dropped, lost, trained, n) = \
+        got["all"], got["last"]
+    assert over == over_last > 0 and dropped_all == 0 and n_all == over and ex_all == n_source
+    assert dropped == over == n and ex_last == n_source - over
+    assert trained_all > trained  # every assistant turn against the final one

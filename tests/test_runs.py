@@ -42,7 +42,8 @@ def test_show_prints_config_scores_cost_and_commands(ci_run):
     assert f"run {rid}" in text and "learn: [skills_arith, skills_facts]" in text
     assert "world_mc" in text and "95% interval" in text and "total_cost_usd" in text
     assert "harness data show" in text
-    assert text.count("lm_eval --model hf") == 2 and "--apply_chat_template" in text and "peft=" in text
+    assert text.count("lm_eval --model hf") == 2 and "--apply_chat_template --fewshot_as_multiturn" in text
+    assert "peft=" in text
     bad = CliRunner().invoke(app, ["show", "zzzz", "--results", str(results)])
     assert bad.exit_code == 2 and "no such run" in bad.output
 

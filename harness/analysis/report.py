@@ -117,6 +117,15 @@ def data_cards(con, runs: pd.DataFrame) -> list[dict]:
                         FROM _card_arms a LEFT JOIN datasets d USING (dataset_id)""").df()
     steps = con.execute("""SELECT a.arm, s.step_index, s.step, s.params, s.n_in, s.n_out
                            FROM _card_arms a JOIN data_steps s USING (dataset_id) ORDER BY a.arm, s.step_index""").df()
+    # what train.max_length / too_long cost each arm (the same for every cell of an arm and model)
+    lengths = con.execute("""
+        SELECT arm, max(rows_over_length) AS over, max(rows_dropped) AS dropped, max(trained_tokens_lost) AS lost,
+               any_value(json_extract_string(config, '$.train.max_length')) AS max_length,
+               any_value(coalesce(json_extract_string(config, '$.train.too_long'), 'truncate')) AS too_long,
+               any_value(coalesce(json_extract_string(config, '$.train.loss_on'), 'all')) AS loss_on,
+               any_value(path) AS path
+        FROM runs JOIN datasets USING (dataset_id) WHERE run_id IN (SELECT unnest(?)) GROUP BY arm""",
+                          [list(runs.loc[runs["kind"] == "sft", "run_id"])]).df().set_index("arm")
     reasons = con.execute("""
         SELECT a.arm, d.step_index, regexp_replace(d.reason, ' (of|for) .*| score .*', '') AS why, count(*) AS n
         FROM _card_arms a JOIN data_decisions d USING (dataset_id) GROUP BY a.arm, d.step_index, why
@@ -140,10 +149,29 @@ def data_cards(con, runs: pd.DataFrame) -> list[dict]:
                          "why": "; ".join(f"{w} ({n:,})" for w, n in zip(why["why"], why["n"]))})
         skills = json.loads(d["n_by_skill"]) if isinstance(d["n_by_skill"], str) else {}
         cards.append({"arm": arm, "role": role or "?", "dataset_id": d["dataset_id"], "source": source,
-                      "defects": defects, "steps": rows,
+                      "defects": defects, "steps": rows, **_training_view(lengths.loc[arm] if arm in lengths.index
+                                                                         else None),
                       "n_examples": "?" if pd.isna(d["n_examples"]) else f"{int(d['n_examples']):,}",
                       "skills": ", ".join(f"{k} {v:,}" for k, v in sorted(skills.items()))})
     return cards
+
+
+def _training_view(t) -> dict:
+    """An arm's card lines on training: what max_length cost, and one example with the turns that carry loss."""
+    from harness.data.cards import clip, example_turns, showcase
+
+    if t is None:
+        return {}
+    over = "" if pd.isna(t["over"]) else (
+        f"{int(t['over']):,} rows longer than max_length {t['max_length']} ({t['too_long']}: "
+        f"{int(t['dropped']):,} dropped, {int(t['lost']):,} trained tokens lost)")
+    example = []
+    data = Path(str(t["path"])) / "data.jsonl"
+    if data.exists():
+        with data.open() as f:
+            rows = [json.loads(line) for _, line in zip(range(200), f)]
+        example = [{"role": r, "text": clip(x), "trained": k} for r, x, k in example_turns(showcase(rows), t["loss_on"])]
+    return {"lengths": over, "loss_on": t["loss_on"], "example": example}
 
 
 def loss_curves(con, runs: pd.DataFrame) -> pd.DataFrame:

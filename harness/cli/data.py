@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from harness.spec.matrix import Train
+
 from harness.cli.common import DbOpt, ResultsOpt, db_path, err, fail, input_errors, out, print_table
 
 
@@ -53,15 +55,62 @@ def data_build(recipe: Path = typer.Argument(..., help="Recipe YAML ({source, st
 
 def data_show(dataset_id: str = typer.Argument(..., help="A data set id (or a unique prefix of one)."),
               examples: int = typer.Option(3, "--examples", help="Kept and dropped examples to print (per step)."),
+              model: Optional[str] = typer.Option(None, "--model", help="Render through this model's tokenizer and "
+                                                  "chat template: token lengths, what max_length costs, the example "
+                                                  "as the model sees it."),
+              max_length: int = typer.Option(Train.max_length, "--max-length", help="train.max_length, with --model."),
+              loss_on: str = typer.Option(Train.loss_on, "--loss-on", help="train.loss_on: all | last."),
+              too_long: str = typer.Option(Train.too_long, "--too-long", help="train.too_long: truncate | drop."),
               results: Path = ResultsOpt) -> None:
-    """Print a data set's card: counts and score distributions per step, a few kept and dropped examples."""
+    """Print a data set's card: counts and score distributions per step, a few kept and dropped examples, and one
+    example with the spans that carry loss marked (with --model: through the model's chat template, and what
+    max_length costs in rows and trained tokens)."""
     from harness.data.build import find
 
+    for key, value, allowed in (("--loss-on", loss_on, ("all", "last")), ("--too-long", too_long, ("truncate", "drop"))):
+        if value not in allowed:
+            raise fail(f"{key}: expected {' or '.join(allowed)}, got {value!r}")
     try:
         folder = find(results, dataset_id)
+        tokenizer = None
+        if model is not None:
+            from harness import models
+
+            tokenizer = models.load_tokenizer(models.resolve(model), results)
     except input_errors() as e:
         raise fail(str(e)) from None
     _print_card(folder, examples)
+    _print_training_view(folder, tokenizer, model, max_length, loss_on, too_long)
+
+
+def _print_training_view(folder: Path, tokenizer, model: str | None, max_length: int, loss_on: str,
+                         too_long: str) -> None:
+    from rich.markup import escape
+
+    from harness.data.build import load_rows
+    from harness.data.cards import clip, example_turns, length_figures, showcase
+
+    rows = load_rows(folder.parent.parent, folder.name)
+    row = showcase(rows)
+    out.print(f"example {row['id']} as trained (loss_on {loss_on}; [reverse]«marked»[/] spans carry loss):",
+              highlight=False)
+    if tokenizer is None:
+        for role, text, trained in example_turns(row, loss_on):
+            body = f"[reverse]«{escape(clip(text))}»[/]" if trained else escape(clip(text))
+            out.print(f"  [bold]{role}:[/] {body}", highlight=False)
+        return
+    from harness.train.sft import conversation_segments
+
+    messages = [{"role": role, "content": text} for role, text, _ in example_turns(row)]
+    out.print("".join(f"[reverse]«{escape(clip(t))}»[/]" if trained else escape(clip(t))
+                      for t, trained in conversation_segments(tokenizer, messages, loss_on)), highlight=False)
+    f = length_figures(rows, tokenizer, max_length, too_long)
+    out.print(f"with {model}'s tokenizer, max_length {max_length}, too_long {too_long}: {f['rows_over_length']:,} of "
+              f"{f['rows']:,} rows longer, {f['rows_dropped']:,} dropped; trained tokens lost "
+              f"{f['trained_tokens_lost']:,} of {f['trained_tokens']:,} "
+              f"({f['trained_tokens_lost'] / max(1, f['trained_tokens']):.1%}); trained tokens per row: "
+              f"{f['trained_per_row_all']:.1f} with loss_on all, {f['trained_per_row_last']:.1f} with last",
+              highlight=False)
 
 
 def _print_card(folder: Path, examples: int = 3) -> None:

@@ -56,3 +56,41 @@ def card_summary(folder: Path, n_examples: int = 3) -> dict:
             by_step[d["step_index"]].append(d)
     return {"header": header, "steps": steps, "kept": kept,
             "dropped": [d for i in sorted(by_step) for d in by_step[i]]}
+
+
+def example_turns(row: dict, loss_on: str = "all") -> list[tuple[str, str, bool]]:
+    """One row as (role, text, trained) turns: what a cell with train.loss_on trains on (a {prompt, response} row
+    is one user and one assistant turn)."""
+    messages = row.get("messages") or [{"role": "user", "content": row["prompt"]},
+                                       {"role": "assistant", "content": row["response"]}]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return [(m["role"], m["content"], m["role"] == "assistant" and (loss_on == "all" or i == last))
+            for i, m in enumerate(messages)]
+
+
+def showcase(rows: list[dict]) -> dict:
+    """The row a card shows: among the first 200, the shortest with two assistant turns or more (a conversation,
+    when the data set has any), else the first."""
+    chats = [r for r in rows[:200] if sum(role == "assistant" for role, _, _ in example_turns(r)) > 1]
+    return min(chats, key=lambda r: sum(len(t) for _, t, _ in example_turns(r))) if chats else rows[0]
+
+
+def clip(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[:n] + f"… ({len(text) - n:,} more characters)"
+
+
+def length_figures(rows: list[dict], tokenizer, max_length: int, too_long: str) -> dict:
+    """What train.max_length and train.too_long cost a data set with this tokenizer and chat template: rows over
+    the limit, rows dropped, trained tokens lost; and trained tokens per row with loss on every assistant turn and on
+    the last only (after the policy)."""
+    from harness.train.sft import encode_row, fit_length
+
+    ids = [r["id"] for r in rows]
+    every, decisions = fit_length(ids, [encode_row(tokenizer, r, max_length, "all") for r in rows], too_long)
+    last, _ = fit_length(ids, [encode_row(tokenizer, r, max_length, "last") for r in rows], too_long)
+    trained = sum(d["trained_tokens"] for d in decisions) + sum(e.n_response for e in every if not e.cut)
+    return {"rows": len(rows), "rows_over_length": len(decisions),
+            "rows_dropped": sum(d["action"] == "dropped" for d in decisions),
+            "trained_tokens": trained, "trained_tokens_lost": sum(d["trained_tokens_lost"] for d in decisions),
+            "trained_per_row_all": sum(e.n_response for e in every) / max(1, len(every)),
+            "trained_per_row_last": sum(e.n_response for e in last) / max(1, len(last))}

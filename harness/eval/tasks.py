@@ -239,8 +239,10 @@ def _run(model, tokenizer, names: list[str], group: str, chat: bool, include: tu
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               mixed_precision_dtype=autocast, max_length=getattr(tokenizer, "model_max_length", None))
     manager, tasks = _tasks(tuple(names), include)
+    # with the chat template, few-shot examples are earlier user/assistant turns (lm_eval's --fewshot_as_multiturn,
+    # which its CLI turns on with --apply_chat_template): the shape chat training gives the model
     res = simple_evaluate(lm, tasks=tasks, task_manager=manager, limit=limit, apply_chat_template=chat,
-                          log_samples=True, bootstrap_iters=100, random_seed=0, numpy_random_seed=0,
+                          fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=100, random_seed=0, numpy_random_seed=0,
                           torch_random_seed=0, fewshot_random_seed=0)
     out = TaskScores()
     for task, vals in res["results"].items():

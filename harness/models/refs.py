@@ -308,7 +308,7 @@ def load(ref: ModelRef, results: Path, device: str = "cpu", attention: str = "sd
         # merged: an adapter is scored, or fine-tuned further, as the plain model it defines
         model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
         if (Path(ref.path) / "tokenizer_config.json").exists():
-            tokenizer = _tokenizer(Path(ref.path), model)
+            tokenizer = _tokenizer(Path(ref.path), model.config)
         return model, tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -320,10 +320,21 @@ def load(ref: ModelRef, results: Path, device: str = "cpu", attention: str = "sd
         # is replaced later (LoRA's bf16 base) free its memory, and make RSS a true measure (+~0.1 s for 135M).
         for p in model.parameters():
             p.data = p.data.clone()
-    return model, _tokenizer(path, model)
+    return model, _tokenizer(path, model.config)
 
 
-def _tokenizer(path: Path, model):
+def load_tokenizer(ref: ModelRef, results: Path):
+    """The tokenizer (and chat template) `load` gives with the model, without loading the weights."""
+    from transformers import AutoConfig
+
+    if ref.kind == "adapter" and not (Path(ref.path) / "tokenizer_config.json").exists():
+        return load_tokenizer(ref.base, results)
+    path = model_path(ref, results)
+    base = model_path(ref.base, results) if ref.kind == "adapter" else path
+    return _tokenizer(path, AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code()))
+
+
+def _tokenizer(path: Path, config):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code())
@@ -331,7 +342,7 @@ def _tokenizer(path: Path, model):
         tokenizer.chat_template = pretrain.PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = getattr(config, "max_position_embeddings", None)
     if limit and tokenizer.model_max_length > limit:  # lm-eval truncates and windows by this length
         tokenizer.model_max_length = limit
     return tokenizer

@@ -148,7 +148,7 @@ def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
         if ev.get("limit") is not None:
             cmd += ["--limit", str(ev["limit"])]
         if chat:
-            cmd.append("--apply_chat_template")
+            cmd += ["--apply_chat_template", "--fewshot_as_multiturn"]
         # lm-eval reads relative data_files from the working directory: run from the task's folder
         cd = f"cd {shlex.quote(cwd[0])} && " if len(cwd) == 1 else ""
         note = (f"  # data_files relative to {', '.join(cwd)}: name a loader (harness/tasks/jsonl_data.py) in "
