@@ -101,7 +101,10 @@ def matched_description(m: Matrix) -> list[str]:
     split = f" (global: {t.devices} device(s) x {t.grad_accum} micro-batch(es) of {t.batch_size // n})" if n > 1 else ""
     lines = [f"budget: {budget} per cell",
              f"schedule: {m.train.schedule} with {m.train.warmup:.0%} warm-up, to lr/10; batch {m.train.batch_size}"
-             f"{split}; max length {m.train.max_length}; precision {m.train.precision}",
+             f"{split}; max length {m.train.max_length} (longer rows "
+             f"{'truncated' if m.train.too_long == 'truncate' else 'dropped'}); loss on "
+             f"{'every assistant turn' if m.train.loss_on == 'all' else 'the last assistant turn'} of a chat row; "
+             f"precision {m.train.precision}",
              "learning rate per method: " + ", ".join(
                  f"{k}={m.train.lr if v.lr is None else v.lr:g}" for k, v in m.methods.items()),
              f"seeds {m.seeds}: for a seed, every method sees the same batches in the same order on an arm, and "
