@@ -82,9 +82,10 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int, loss_o
     """Token ids and labels of a conversation: each segment of `conversation_segments` tokenized on its own, so no
     BPE merge can blur a boundary between context and trained text; only trained segments carry labels. The ids
     are cut at max_length (keeping the start); `trained_lost` counts the trained tokens that cut removed."""
+    segments = conversation_segments(tokenizer, messages, loss_on)
     ids, labels = [], []
-    for text, trained in conversation_segments(tokenizer, messages, loss_on):
-        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # one call for all segments: the fast tokenizer encodes a batch on every core
+    for (_, trained), part in zip(segments, tokenizer([t for t, _ in segments], add_special_tokens=False)["input_ids"]):
         ids += part
         labels += part if trained else [IGNORE] * len(part)
     lost = sum(1 for t in labels[max_length:] if t != IGNORE)
