@@ -76,6 +76,20 @@ def test_sql_without_a_results_database_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.fixture
+def empty_db(tmp_path):
+    with store.writer(tmp_path / "harness.duckdb"):
+        pass
+    return tmp_path
+
+
+def test_sql_csv_ends_lines_with_newline_only(empty_db):
+    res = cli.invoke(app, ["sql", "SELECT 'a' AS x UNION ALL SELECT 'b' ORDER BY x", "--results", str(empty_db),
+                           "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes == b"x\na\nb\n"  # bytes: Result.output turns CRLF into LF
+
+
 def test_plan_lists_what_is_matched():
     res = cli.invoke(app, ["matrix", "plan", str(CI_MATRIX)])
     assert res.exit_code == 0, res.output

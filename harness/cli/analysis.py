@@ -32,7 +32,7 @@ def sql_cmd(query: str = typer.Argument(..., help="A SQL query (read-only)."),
         raise fail(f"query failed: {str(e).splitlines()[0]}") from None
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")  # csv's default CRLF leaves a \r in `$(harness sql ... | tail -1)`
         w.writerow(cols)
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
