@@ -90,6 +90,20 @@ def test_sql_csv_ends_lines_with_newline_only(empty_db):
     assert res.stdout_bytes == b"x\na\nb\n"  # bytes: Result.output turns CRLF into LF
 
 
+@pytest.mark.parametrize("query", [
+    "COPY (SELECT 42 AS x) TO '{out}'",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "ATTACH '{out}' AS other",
+    "SET enable_external_access = true",
+])
+def test_sql_has_no_side_effects_outside_the_database(empty_db, query):
+    out = empty_db / "written.csv"
+    res = cli.invoke(app, ["sql", query.format(out=out), "--results", str(empty_db)])
+    line = one_line_error(res)
+    assert "disabled by configuration" in line or "configuration has been locked" in line, line
+    assert not out.exists()
+
+
 def test_plan_lists_what_is_matched():
     res = cli.invoke(app, ["matrix", "plan", str(CI_MATRIX)])
     assert res.exit_code == 0, res.output
