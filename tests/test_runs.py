@@ -72,25 +72,6 @@ def test_lm_eval_cli_reproduces_the_stored_scores_from_another_directory(ci_run,
     assert got == stored  # every task and metric, to the last bit
 
 
-def test_harness_eval_of_a_cells_adapter_stores_the_cells_scores(ci_run, tmp_path):
-    """`harness eval ADAPTER` scores the adapter unmerged, as its cell did: every task, metric and sample the same."""
-    results, _ = ci_run
-    rid = lora_run(results)
-    with duckdb.connect(str(results / "harness.duckdb"), read_only=True) as con:
-        adapter, = con.execute("SELECT weights_path FROM runs WHERE run_id = ?", [rid]).fetchone()
-    other = tmp_path / "results"
-    cli("eval", adapter, "--tasks", "skills_arith,skills_facts", "--forget", "world_mc,prose_bpb", "--limit", "4",
-        "--results", str(other))
-
-    def scores(db: Path, where: str) -> list[tuple]:
-        with duckdb.connect(str(db), read_only=True) as con:
-            return con.execute(f"SELECT task, metric, value FROM evals WHERE {where} ORDER BY ALL").fetchall() + \
-                con.execute(f"SELECT task, doc_id, score FROM samples WHERE {where} ORDER BY ALL").fetchall()
-
-    cell = scores(results / "harness.duckdb", f"run_id = '{rid}'")
-    assert len(cell) > 8 and scores(other / "harness.duckdb", "true") == cell  # to the last bit
-
-
 def test_export_parquet_has_every_table_and_view(ci_run, tmp_path):
     results, _ = ci_run
     cli("export", str(tmp_path / "pq"), "--results", str(results))
