@@ -76,6 +76,34 @@ def test_sql_without_a_results_database_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.fixture
+def empty_db(tmp_path):
+    with store.writer(tmp_path / "harness.duckdb"):
+        pass
+    return tmp_path
+
+
+def test_sql_csv_ends_lines_with_newline_only(empty_db):
+    res = cli.invoke(app, ["sql", "SELECT 'a' AS x UNION ALL SELECT 'b' ORDER BY x", "--results", str(empty_db),
+                           "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes == b"x\na\nb\n"  # bytes: Result.output turns CRLF into LF
+
+
+@pytest.mark.parametrize("query", [
+    "COPY (SELECT 42 AS x) TO '{out}'",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "ATTACH '{out}' AS other",
+    "SET enable_external_access = true",
+])
+def test_sql_has_no_side_effects_outside_the_database(empty_db, query):
+    out = empty_db / "written.csv"
+    res = cli.invoke(app, ["sql", query.format(out=out), "--results", str(empty_db)])
+    line = one_line_error(res)
+    assert "disabled by configuration" in line or "configuration has been locked" in line, line
+    assert not out.exists()
+
+
 def test_plan_lists_what_is_matched():
     res = cli.invoke(app, ["matrix", "plan", str(CI_MATRIX)])
     assert res.exit_code == 0, res.output

@@ -272,6 +272,40 @@ def test_harness_eval_scores_an_adapter(adapter, tmp_path):
     assert "skills_arith" in res.output and "world_mc" in res.output
 
 
+@pytest.mark.slow
+def test_harness_eval_of_a_cells_adapter_stores_the_cells_scores(results):
+    """`harness eval ADAPTER` scores the adapter unmerged, as its LoRA cell did: every metric and sample the same to
+    the last bit. fp32 and a large lr: there merged weights round differently (under bf16 autocast, or with the
+    small B matrices of 4 steps at lr 1e-3, the two agreed on an AMX CPU and the test could not fail)."""
+    import duckdb
+    import yaml
+
+    from conftest import CI_MATRIX
+
+    spec = yaml.safe_load(CI_MATRIX.read_text())
+    spec |= {"name": "fp32", "methods": {"lora": spec["methods"]["lora"]}, "arms": {"bulk": spec["arms"]["bulk"]},
+             "train": spec["train"] | {"precision": "fp32", "lr": 3.0e-2}}
+    path = results.parent / "fp32.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = runner.invoke(app, ["matrix", "run", str(path), "--results", str(results)])
+    assert res.exit_code == 0, res.output
+    with duckdb.connect(str(results / "harness.duckdb"), read_only=True) as con:
+        rid, adapter = con.execute("SELECT run_id, weights_path FROM runs WHERE method = 'lora'").fetchone()
+    ev = spec["eval"]
+    other = results.parent / "other"
+    res = runner.invoke(app, ["eval", adapter, "--tasks", ",".join(ev["learn"]), "--forget", ",".join(ev["forget"]),
+                              "--limit", str(ev["limit"]), "--precision", "fp32", "--results", str(other)])
+    assert res.exit_code == 0, res.output
+
+    def scores(db: Path, where: str) -> list[tuple]:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute(f"SELECT task, metric, value FROM evals WHERE {where} ORDER BY ALL").fetchall() + \
+                con.execute(f"SELECT task, doc_id, score FROM samples WHERE {where} ORDER BY ALL").fetchall()
+
+    cell = scores(results / "harness.duckdb", f"run_id = '{rid}'")
+    assert len(cell) > 8 and scores(other / "harness.duckdb", "true") == cell
+
+
 def test_pickled_weights_are_refused(micro_base, tmp_path, adapter):
     folder = _copy_model(micro_base, tmp_path / "pickled")
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")

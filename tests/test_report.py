@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -168,6 +169,42 @@ def test_cost_axis_prefers_dollars_then_flops(syn):
     assert report.cost_axis(runs)[0] == "train_tokens"
     assert report.cost_axis(runs.assign(train_flops=1e15))[0] == "train_flops"
     assert report.cost_axis(runs.assign(train_flops=1e15, total_cost_usd=0.3))[0] == "total_cost_usd"
+
+
+def _x_labels(svg: str) -> list[tuple[float, str]]:
+    """(x, text) of the visible labels of the x axes (Vega draws them 15 px below the axis) of a rendered chart."""
+    return [(float(x), t) for x, t in re.findall(
+        r'<text text-anchor="(?:middle|start|end)" transform="translate\(([-\d.]+),15\)"[^>]*opacity="1">([^<]+)</text>',
+        svg)]
+
+
+def test_quantity_legend_has_the_matrix_roles_and_axis_labels_keep_apart(syn):
+    vl_convert = pytest.importorskip("vl_convert")
+    db, _ = syn
+    with store.reader(db) as con:
+        s = stats.load(con, "synthetic")
+    spec = charts.charts(s, stats.analyse(s, stats.Options(n_boot=50)), pd.DataFrame(), report.cost_axis(s.runs))
+    scales = [e["color"]["scale"] for e in _encodings(spec["quantity"]) if "scale" in e.get("color", {})]
+    assert scales and all(sc["domain"] == ["curated", "random control", "bulk"] for sc in scales)  # the demo's roles
+    for name in ("quantity", "cost"):
+        labels = _x_labels(vl_convert.vegalite_to_svg(spec[name]))
+        assert len(labels) >= 3, (name, labels)
+        for (x0, a), (x1, b) in zip(labels, labels[1:]):
+            if x1 > x0:  # the next label of the same panel, centred: at least 4 px between the two
+                assert x1 - x0 - (_width(a) + _width(b)) / 2 >= 4, (name, a, b, x1 - x0)
+
+
+def _width(label: str) -> float:
+    """Pixels of a number label in 10 px sans-serif (Helvetica/Arial metrics: digits 0.556 em, ',' and '.' 0.278)."""
+    return sum(2.78 if c in ",." else 5.56 for c in label)
+
+
+def _encodings(spec: dict) -> list[dict]:
+    out = [spec["encoding"]] if "encoding" in spec else []
+    for key in ("layer", "hconcat", "vconcat"):
+        for sub in spec.get(key, []):
+            out += _encodings(sub)
+    return out
 
 
 def test_pareto_front():

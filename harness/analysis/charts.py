@@ -82,22 +82,35 @@ def frames(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[s
                   comparisons=t.comparisons, cost=cost)
 
 
-def _role_scale():
+# a role keeps its colour whichever roles a matrix has: curated, the three baselines, bulk
+ROLE_COLOURS = dict(zip(stats.ROLE_ORDER, ["#1b9e77", "#7570b3", "#e7298a", "#e6ab02", "#d95f02"]))
+
+
+def _role_scale(roles):
+    """The arm colours of the roles the matrix has (the legend lists no role it lacks)."""
     import altair as alt
 
-    return alt.Scale(domain=list(stats.ROLE_ORDER),  # curated, the three baselines, bulk
-                     range=["#1b9e77", "#7570b3", "#e7298a", "#e6ab02", "#d95f02"])
+    have = [r for r in stats.ROLE_ORDER if r in set(roles)]
+    return alt.Scale(domain=have, range=[ROLE_COLOURS[r] for r in have])
+
+
+def _log_axis(title: str):
+    """A log axis whose labels keep apart: Vega labels up to 9 ticks a decade ("300400" on a narrow panel) and its
+    greedy overlap removal drops only labels that touch; 8 px between labels leaves ~3 a decade on a 320 px panel."""
+    import altair as alt
+
+    return alt.Axis(title=title, labelOverlap="greedy", labelSeparation=8)
 
 
 def quantity(f: Frames) -> dict:
     """Quality vs quantity: one panel per method; runs as dots, arm means with intervals, the base as a rule."""
     import altair as alt
 
-    role_scale, panels = _role_scale(), []
+    role_scale, panels = _role_scale(f.sft["role"].dropna()), []
     for method in dict.fromkeys(f.sft["method"]):
         r = f.sft[f.sft["method"] == method]
         a = f.arms_sft[f.arms_sft["method"] == method]
-        x = alt.X("examples:Q", scale=alt.Scale(type="log"), title="training examples in the arm (log scale)")
+        x = alt.X("examples:Q", scale=alt.Scale(type="log"), axis=_log_axis("training examples in the arm (log scale)"))
         dots = alt.Chart(f.data(f"runs_{method}", r[["run_id", "arm", "role", "seed", "examples", "learn"]])) \
             .mark_point(opacity=0.5, size=30).encode(
                 x=x, y=alt.Y("learn:Q", title=LEARN_TITLE), color=alt.Color("role:N", scale=role_scale, title="arm"),
@@ -128,7 +141,7 @@ def cost_vs_learn(f: Frames) -> dict | None:
         return None
     a["pareto"] = pareto(a["cost"].to_numpy(float), a["learn"].to_numpy(float))
     a["config"] = a["method"] + " / " + a["arm"]
-    x = alt.X("cost:Q", scale=alt.Scale(type="log", nice=False, padding=24), title=title)
+    x = alt.X("cost:Q", scale=alt.Scale(type="log", nice=False, padding=24), axis=_log_axis(title))
     enc = alt.Chart(f.data("arms", a[["config", "method", "arm", "role", "cost", "learn", "learn_lo", "learn_hi",
                                       "pareto"]]))
     front = a[a["pareto"]].sort_values("cost")

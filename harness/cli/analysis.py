@@ -28,11 +28,13 @@ def sql_cmd(query: str = typer.Argument(..., help="A SQL query (read-only)."),
         cols, rows = store.query(db_path(db, results), query)
     except FileNotFoundError as e:
         raise fail(str(e)) from None
+    except duckdb.PermissionException as e:
+        raise fail(f"query refused: {str(e).splitlines()[0]} (harness sql reads the results database only)") from None
     except duckdb.Error as e:
         raise fail(f"query failed: {str(e).splitlines()[0]}") from None
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")  # csv's default CRLF leaves a \r in `$(harness sql ... | tail -1)`
         w.writerow(cols)
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())

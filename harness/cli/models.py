@@ -31,8 +31,11 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
                                        "applied): names or YAML paths."),
              forget: str = typer.Option(",".join(Eval().forget), help="Comma-separated forget tasks (raw LM)."),
              limit: Optional[int] = typer.Option(None, help="Examples per task."),
+             precision: str = typer.Option("auto", help="auto (bf16 autocast where the hardware has it), bf16 or "
+                                           "fp32: the train.precision of the matrix whose cells to compare with."),
              include: list[Path] = IncludeOpt, results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
-    """Score a saved model or adapter with the same tasks and code as a matrix cell, and store the run."""
+    """Score a saved model or adapter with the same tasks and code as a matrix cell (an adapter unmerged, as its cell
+    scored it), and store the run."""
     from harness import store
     from harness.eval.tasks import resolve_tasks, task_fingerprint
     from harness.models import resolve
@@ -41,6 +44,8 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
     from harness.run.plan import base_job
     from harness.spec import Matrix, base_eval
 
+    if precision not in ("auto", "bf16", "fp32"):
+        raise fail(f"--precision: expected auto, bf16 or fp32, got {precision!r}")
     try:
         ref = resolve(model)
         ev = Eval(learn=[t for t in tasks.split(",") if t], forget=[t for t in forget.split(",") if t], limit=limit,
@@ -48,7 +53,7 @@ def eval_cmd(model: str = typer.Argument(..., help="Model alias, HF folder, or L
         ev = resolve_tasks(Matrix(eval=ev)).eval
     except input_errors() as e:
         raise fail(str(e).replace("eval.learn", "--tasks").replace("eval.forget", "--forget")) from None
-    job = base_job(base_eval(model, ref.fingerprint, ev, "auto", task_fingerprint(ev.learn + ev.forget, ev.include)),
+    job = base_job(base_eval(model, ref.fingerprint, ev, precision, task_fingerprint(ev.learn + ev.forget, ev.include)),
                    os.cpu_count() or 1)
     # lm-eval's own bars and messages go to a log, as a matrix worker's do
     log = results / "logs" / f"eval-{job.id}.log"

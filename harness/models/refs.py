@@ -299,14 +299,18 @@ def _dequantize(ref: ModelRef, tmp: Path, log) -> None:
     log(f"{ref.ref}: {dict(types)} tensors converted in {time.perf_counter() - t0:.0f}s")
 
 
-def load(ref: ModelRef, results: Path, device: str = "cpu", attention: str = "sdpa"):
-    """Model (float32 master weights) and tokenizer: offline, safetensors only, model code only when trusted."""
+def load(ref: ModelRef, results: Path, device: str = "cpu", attention: str = "sdpa", merge: bool = True):
+    """Model (float32 master weights) and tokenizer: offline, safetensors only, model code only when trusted.
+    An adapter is merged into its base (fine-tuned further, or a teacher, as the plain model it defines), or with
+    merge=False kept as a PeftModel: scored so, as cells and lm-eval's `peft=` score it (merged weights round
+    differently in the last bits, run/cell.py save_weights)."""
     if ref.kind == "adapter":
         from peft import PeftModel
 
         model, tokenizer = load(ref.base, results, device, attention)
-        # merged: an adapter is scored, or fine-tuned further, as the plain model it defines
-        model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
+        model = PeftModel.from_pretrained(model, ref.path)
+        if merge:
+            model = model.merge_and_unload()
         if (Path(ref.path) / "tokenizer_config.json").exists():
             tokenizer = _tokenizer(Path(ref.path), model.config)
         return model, tokenizer

@@ -271,7 +271,8 @@ def _train_and_evaluate(job: Job, cfg: dict, row: dict, tmp: Path, final: Path, 
 
     device, dtype, attention = where
     ref = models.resolve(cfg["model"])
-    model, tokenizer = models.load(ref, cfg["results"], device, attention)
+    # an adapter is trained further merged, and scored (`harness eval ADAPTER`) unmerged, as a LoRA cell is
+    model, tokenizer = models.load(ref, cfg["results"], device, attention, merge=job.kind == "sft")
     row["env"]["chat_template"] = models.chat_template_info(tokenizer)
     row["total_params"] = sum(p.numel() for p in model.parameters())
     row["prep_seconds"] = time.perf_counter() - t0

@@ -177,11 +177,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     return len(MIGRATIONS)
 
 
-def _connect(path: Path, read_only: bool, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, read_only: bool, wait_s: float = 30.0,
+             config: dict | None = None) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
         except duckdb.IOException as e:  # another process holds the write lock: an ingest is in progress
             if "lock" not in str(e).lower() or time.monotonic() > deadline:
                 raise
@@ -199,11 +200,16 @@ def writer(path: Path):
         con.close()
 
 
+# A user's query may touch the results database and nothing else: no COPY ... TO a file, no read_text/read_csv of
+# another file, no ATTACH, no extension download; locked, so the query cannot SET it back.
+SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+
+
 @contextmanager
-def reader(path: Path):
+def reader(path: Path, sandbox: bool = False):
     if not path.exists():
         raise FileNotFoundError(f"no results database at {path} (run `harness matrix run` first, or pass --db)")
-    con = _connect(path, read_only=True)
+    con = _connect(path, read_only=True, config=SANDBOX if sandbox else None)
     try:
         yield con
     finally:
@@ -336,7 +342,7 @@ def summary_rows(db: Path, matrix: str) -> tuple[list[str], list[tuple]]:
 
 
 def query(path: Path, sql: str):
-    """Run one read-only query; returns (column names, rows)."""
-    with reader(path) as con:
+    """Run one query that reads the database and nothing else (no writes, no files); returns (column names, rows)."""
+    with reader(path, sandbox=True) as con:
         cur = con.execute(sql)
         return [d[0] for d in cur.description or []], cur.fetchall()
