@@ -353,7 +353,7 @@ def test_lora_base_in_bf16_changes_no_result_under_bf16_autocast(micro_base):
 
     from harness.data import world
     from harness.train.sft import collate, label_loss
-    from harness.run.cell import cast_frozen_linears, prepare_method
+    from harness.train.recipe import cast_frozen_linears, prepare_method
 
     tok = AutoTokenizer.from_pretrained(micro_base)
     rows = world.generate_pool(size=4, seed=3)

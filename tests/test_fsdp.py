@@ -1,0 +1,50 @@
+"""train.strategy fsdp: FSDP2 sharding over gloo processes on a CPU trains as one process does (same global batch,
+same loss curve within fp32 reordering), for full fine-tuning and LoRA, with and without gradient checkpointing."""
+
+import copy
+
+import pytest
+import torch
+
+from harness.run.cell import train_cell
+from tests.test_ddp import _cell
+
+LORA = {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def _fsdp(results, devices, method, checkpointing=False, grad_accum=1):
+    cfg = _cell(results, devices, grad_accum, steps=6)
+    cfg["train"] |= {"strategy": "fsdp", "gradient_checkpointing": checkpointing}
+    return cfg | {"method_cfg": method}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices,method,checkpointing,grad_accum", [
+    (2, {"kind": "full"}, False, 1), (4, {"kind": "full"}, False, 1), (2, LORA, False, 1), (4, LORA, False, 1),
+    (2, {"kind": "full"}, True, 2), (2, LORA, True, 1)])
+def test_sharded_processes_train_as_one(results, micro_model, devices, method, checkpointing, grad_accum):
+    """A real torchrun of `devices` gloo processes under FSDP2 against one process, same global batch of 8 (a step
+    with one example leaves processes empty), 6 fp32 steps: the same loss curve and the same trained weights, gathered
+    from the shards into the worker's model."""
+    model, tok = micro_model
+    one, ref, _ = train_cell(copy.deepcopy(model), tok, _fsdp(results, 1, method), 1e-2, "cpu", None,
+                             lambda r, t: None)
+    seen = []
+    many, curve, counts = train_cell(copy.deepcopy(model), tok, _fsdp(results, devices, method, checkpointing,
+                                                                      grad_accum),
+                                     1e-2, "cpu", None, lambda r, t: seen.append(r.step))
+    a, b = [r.loss for r in ref], [r.loss for r in curve]
+    diff = max(abs(x - y) for x, y in zip(a, b))
+    print(f"\n{method['kind']} 1 process: {[round(x, 6) for x in a]}\n{devices} fsdp processes "
+          f"(checkpointing {checkpointing}, grad_accum {grad_accum}): {[round(x, 6) for x in b]}\nmax |diff| {diff:.2e}")
+    assert len(a) == len(b) == 6 and diff < 1e-4
+    assert [r.tokens for r in ref] == [r.tokens for r in curve]
+    assert seen == list(range(6)) and counts["trainable_params"] == sum(
+        p.numel() for p in one.parameters() if p.requires_grad)  # counted before sharding, not a shard's
+    trained = [(n, p) for n, p in one.named_parameters() if p.requires_grad]
+    other = dict(many.named_parameters())
+    for name, p in trained:
+        assert torch.allclose(p, other[name], atol=1e-4), name
+    assert any(not torch.allclose(p, q) for (_, p), q in zip(trained, model.parameters()) if p.shape == q.shape) \
+        or method["kind"] == "lora"
+    assert not list((results / "runs").glob(".ddp.tmp-*"))
