@@ -10,7 +10,9 @@ without torch.distributed when N = 1, as a cell with train.devices 1 runs) on sk
 its share of every global batch (sft.step_batches). Memory is what a process holds while it trains: on a CPU its peak
 resident set (VmHWM) from the end of the first step (the model sharded, AdamW's state allocated) to the end, so the
 one-off peak of loading the whole model before sharding it is left out (reported as "load"); on a GPU
-torch.cuda.max_memory_allocated over the same steps. The plan's estimate (cost.memory_estimate, told the widest
+torch.cuda.max_memory_allocated over the same steps. Every process runs with MALLOC_MMAP_THRESHOLD_=65536, as a cell's
+CPU ranks do (distributed.train): otherwise glibc keeps the freed full model copy resident and RSS measures the
+allocator's cache, not what training holds. The plan's estimate (cost.memory_estimate, told the widest
 micro-batch's row length and labelled tokens that the process actually saw) is printed beside it; the exit code is 1
 when any estimate is off the measurement by more than 25%.
 """
@@ -126,7 +128,9 @@ def main() -> int:
                 cmd = [sys.executable, *child] if n == 1 else [
                     sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
                     str(n), *child]
-                done = subprocess.run(cmd, env=env | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))},
+                # as distributed.train runs a cell's CPU ranks: freed blocks of 64 KiB and up go back to the system
+                done = subprocess.run(cmd, env=env | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n)),
+                                                      "MALLOC_MMAP_THRESHOLD_": "65536"},
                                       capture_output=True, text=True)
                 if done.returncode:
                     sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.run.cell import train_cell
-from tests.test_ddp import _cell
+from tests.test_ddp import _cell, matrix_on_two_processes
 
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
 
@@ -48,3 +48,43 @@ def test_sharded_processes_train_as_one(results, micro_model, devices, method, c
     assert any(not torch.allclose(p, q) for (_, p), q in zip(trained, model.parameters()) if p.shape == q.shape) \
         or method["kind"] == "lora"
     assert not list((results / "runs").glob(".ddp.tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_killed_sharded_cell_leaves_no_folder_and_its_rerun_trains_it_again(tmp_path, micro_base):
+    """`harness matrix run` of an fsdp cell on 2 gloo processes, killed (SIGKILL to the driver, its worker, torchrun
+    and the ranks) while the ranks train: no folder of the cell is in place, only the swept `.*.tmp-*` ones; the rerun
+    trains the cell from its first step (no mid-cell checkpoint) and records every step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import duckdb
+
+    results, matrix = matrix_on_two_processes(tmp_path, micro_base, "full: {}", 400, "strategy: fsdp")
+    cmd = [sys.executable, "-m", "harness.cli", "matrix", "run", str(matrix), "--results", str(results)]
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((results / "runs").glob(".ddp.tmp-*/job.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(15)  # the ranks start (imports, rendezvous, load) and train
+        assert proc.poll() is None, "the cell finished before it could be killed: give it more steps"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    cells = [d.name for d in (results / "runs").iterdir() if not d.name.startswith(".")]
+    assert all((results / "runs" / c / "result.json").exists() for c in cells)  # only the base's, complete
+    assert list((results / "runs").glob(".*.tmp-*"))  # what the kill left behind
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    db = duckdb.connect(str(results / "harness.duckdb"), read_only=True)
+    assert db.execute("select status from runs where kind = 'sft'").fetchall() == [("ok",)]
+    steps = db.execute("select min(step), max(step), count(*) from train_steps").fetchone()
+    assert steps == (0, 399, 400)
+    assert not list((results / "runs").glob(".*.tmp-*"))

@@ -73,6 +73,7 @@ class Run:
     partition: str | None = None  # slurm
     account: str | None = None  # slurm
     time_minutes: int = 120  # slurm: the time limit of one cell
+    device_memory_gb: float | None = None  # memory of one GPU, for `harness matrix plan` (None: read from the device)
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,8 @@ class PeakMemory:
 #               head) for the whole step and two decoder layers (the current one and the next, prefetched);
 #               bf16 autocast adds its bf16 copy of every trained linear weight, kept for the backward pass
 #               (on a GPU under fsdp the weights are gathered in bf16 by MixedPrecisionPolicy instead: no copy)
-#   gradients   4 T / N (fsdp: + one layer's unsharded gradient before its reduce-scatter)
+#   gradients   4 T / N; fsdp adds the unsharded gradients waiting for their reduce-scatter: one layer's, and the
+#               root's (the head's is computed first in the backward pass and reduced last), in bf16 on a GPU
 #   optimizer   8 T / N (AdamW's two fp32 moments)
 #   activations what the backward pass needs, per token of the micro-batch (b rows of the cell's max_length):
 #               each decoder layer keeps its fp32 residual input and norms (4 x 4h), the linears' inputs and
@@ -245,7 +246,8 @@ def memory_estimate(arch: Arch, method: dict, train: dict, device: str, bf16: bo
         weights += (arch.root_params + 2 * arch.layer_params) * per_param * (n - 1) / n
     if bf16 and not lora and not gathered_bf16:  # autocast's bf16 copies of the trained linears (+ the head)
         weights += 2 * (arch.n_layer * (arch.layer_params - 2 * arch.d_model) + arch.vocab * arch.d_model)
-    gradients = 4 * trained / n + (4 * (adapters // arch.n_layer if lora else arch.layer_params) if n > 1 else 0)
+    unsharded = adapters // arch.n_layer if lora else arch.root_params + arch.layer_params
+    gradients = 4 * trained / n + ((2 if gathered_bf16 else 4) * unsharded if n > 1 else 0)
     optimizer = 8 * trained / n
     rows = max(1, train["batch_size"] // (train["devices"] * train.get("grad_accum", 1)))
     length = row_length or train["max_length"]

@@ -61,6 +61,11 @@ def train(model, pad_id: int, cfg: dict, encoded: Sequence[Encoded], lr: float, 
         here = str(Path(__file__).resolve().parent.parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": str(threads)}  # set: torchrun would set 1 and say so in the log
+        if not device.startswith("cuda"):
+            # glibc keeps freed blocks under its (growing) mmap threshold for reuse: each rank's copy of the whole
+            # model, freed once sharded, stayed resident, and SmolLM2-135M full FT on 2 fsdp ranks peaked at 3.1 GiB
+            # RSS per rank instead of 1.8 (bench/sharded_memory.py); blocks of 64 KiB and up now go back when freed
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         try:
             for line in proc.stdout:  # rank 0's steps as JSON lines; anything else goes to the log
