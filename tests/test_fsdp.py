@@ -5,6 +5,9 @@ import copy
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from harness.cli import app
 
 from harness.run.cell import train_cell
 from tests.test_ddp import _cell, matrix_on_two_processes
@@ -88,3 +91,25 @@ def test_a_killed_sharded_cell_leaves_no_folder_and_its_rerun_trains_it_again(tm
     steps = db.execute("select min(step), max(step), count(*) from train_steps").fetchone()
     assert steps == (0, 399, 400)
     assert not list((results / "runs").glob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_sharded_cell_through_ray_trains_as_through_the_local_executor(tmp_path, micro_base):
+    """One fsdp cell on 2 gloo processes through the Ray executor (a local Ray instance the run starts; the actor
+    reserves the cell's CPUs and the memory plan's RAM together) and through the local executor: both finish, with
+    the same loss curve."""
+    pytest.importorskip("ray")
+    import duckdb
+
+    curves = {}
+    for executor in ("local", "ray"):
+        results, matrix = matrix_on_two_processes(tmp_path / executor, micro_base, "full: {}", 6, "strategy: fsdp")
+        res = CliRunner().invoke(app, ["matrix", "run", str(matrix), "--executor", executor, "--results",
+                                       str(results)])
+        print(res.output)
+        assert res.exit_code == 0, res.output
+        db = duckdb.connect(str(results / "harness.duckdb"), read_only=True)
+        assert db.execute("select status, config->>'$.train.strategy' from runs where kind = 'sft'").fetchall() \
+            == [("ok", "fsdp")]
+        curves[executor] = [r[0] for r in db.execute("select loss from train_steps order by step").fetchall()]
+    assert len(curves["ray"]) == 6 and max(abs(a - b) for a, b in zip(curves["local"], curves["ray"])) < 1e-4
