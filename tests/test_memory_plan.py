@@ -89,3 +89,11 @@ def test_plan_reads_a_config_without_weights(tmp_path):
     ref = ModelRef(str(tmp_path), "local", "fp", "8B-shaped", path=str(tmp_path))
     assert model_arch(ref).params == 8_030_261_248
     assert AutoConfig.from_pretrained(tmp_path).num_key_value_heads == 8
+
+
+def test_run_refuses_before_anything_runs(tmp_path):
+    matrix = _matrix(tmp_path, "{batch_size: 8}")
+    matrix.write_text(matrix.read_text() + "run: {device_memory_gb: 0.5}\n")
+    res = CliRunner().invoke(app, ["matrix", "run", str(matrix), "--results", str(tmp_path / "results")])
+    assert res.exit_code == 2 and "ways out" in res.output
+    assert not (tmp_path / "results").exists()  # no data built, no model, no database

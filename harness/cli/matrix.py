@@ -67,9 +67,16 @@ def _memory_plan(p, device_memory_gb: float | None) -> None:
                  "AdamW", "activations", "runtime", "per device", "fits"], rows,
                 title=f"memory plan: estimated peak GiB per device ({where.device}; {where.source}: "
                       f"{where.bytes / gib:.1f} GiB{shared})")
+    _refuse_unfit(p, cells)
+
+
+def _refuse_unfit(p, cells) -> None:
+    """One line and exit code 2 when a cell of the memory plan cannot fit its device."""
+    from harness.run import plan
+
     bad = [m for m in cells if not m.fits]
     if bad:
-        raise fail(plan.refusal(bad[0], where, len(bad) - 1))
+        raise fail(plan.refusal(bad[0], len(bad) - 1))
 
 
 def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
@@ -95,7 +102,7 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     import time
 
     from harness import store
-    from harness.run import runner
+    from harness.run import plan, runner
 
     t0 = time.perf_counter()
     p = _load_plan(file, include)
@@ -103,6 +110,8 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     try:
         opts = runner.run_options(p, executor, workers=workers, address=address, retries=retries, gpus=gpus,
                                   partition=partition, account=account, time_minutes=time_minutes)
+        if opts.executor == "local" or opts.device_memory_gb:  # elsewhere the devices are not known from here
+            _refuse_unfit(p, plan.memory_plan(p, plan.DeviceMemory.here(opts.device_memory_gb)))
         stats = runner.execute(p, results, path, opts, force=force, dry_run=dry_run, console=err)
     except input_errors() as e:
         raise fail(str(e)) from None

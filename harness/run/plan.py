@@ -145,7 +145,11 @@ class CellMemory:
     cell: object  # spec.Cell
     estimate: object  # cost.MemoryEstimate: one process
     need: int  # bytes of the device (a GPU), or of the machine's RAM for all of a CPU cell's processes
-    fits: bool
+    where: DeviceMemory
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= self.where.bytes
 
 
 def _bf16(precision: str, device: str) -> bool:
@@ -172,13 +176,13 @@ def memory_plan(p: Plan, where: DeviceMemory) -> list[CellMemory]:
         # on a CPU every process of the cell, and the worker's own copy of the model while they train, share the RAM
         need = est.total if where.device == "cuda" else \
             c.train.devices * est.total + (4 * arch.params if c.train.devices > 1 else 0)
-        out.append(CellMemory(c, est, need, need <= where.bytes))
+        out.append(CellMemory(c, est, need, where))
     return out
 
 
-def refusal(m: CellMemory, where: DeviceMemory, others: int) -> str:
+def refusal(m: CellMemory, others: int) -> str:
     """One line: the cell that cannot fit and the ways out."""
-    c, gib = m.cell, 2**30
+    c, where, gib = m.cell, m.where, 2**30
     t = c.train
     per = "per device" if where.device == "cuda" else f"for its {t.devices} process(es)"
     ways = [f"more devices (train.devices: {t.devices * 2})"]
