@@ -87,9 +87,15 @@ def test_a_killed_sharded_cell_leaves_no_folder_and_its_rerun_trains_it_again(tm
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     db = duckdb.connect(str(results / "harness.duckdb"), read_only=True)
-    assert db.execute("select status from runs where kind = 'sft'").fetchall() == [("ok",)]
+    (status, weights), = db.execute("select status, weights_path from runs where kind = 'sft'").fetchall()
     steps = db.execute("select min(step), max(step), count(*) from train_steps").fetchone()
-    assert steps == (0, 399, 400)
+    assert status == "ok" and steps == (0, 399, 400)
+    from transformers import AutoModelForCausalLM  # the consolidated model, as transformers loads it
+
+    trained = AutoModelForCausalLM.from_pretrained(weights)
+    base = AutoModelForCausalLM.from_pretrained(micro_base)
+    assert sum(p.numel() for p in trained.parameters()) == sum(p.numel() for p in base.parameters())
+    assert not torch.equal(trained.model.norm.weight, base.model.norm.weight)  # trained, gathered from the shards
     assert not list((results / "runs").glob(".*.tmp-*"))
 
 
@@ -104,8 +110,9 @@ def test_a_sharded_cell_through_ray_trains_as_through_the_local_executor(tmp_pat
     curves = {}
     for executor in ("local", "ray"):
         results, matrix = matrix_on_two_processes(tmp_path / executor, micro_base, "full: {}", 6, "strategy: fsdp")
+        # ray: a Ray instance of its own ("local"), never one another process on this machine started
         res = CliRunner().invoke(app, ["matrix", "run", str(matrix), "--executor", executor, "--results",
-                                       str(results)])
+                                       str(results)] + (["--address", "local"] if executor == "ray" else []))
         print(res.output)
         assert res.exit_code == 0, res.output
         db = duckdb.connect(str(results / "harness.duckdb"), read_only=True)

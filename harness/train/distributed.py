@@ -57,10 +57,12 @@ def train(model, pad_id: int, cfg: dict, encoded: Sequence[Encoded], lr: float, 
         model.to("cpu")  # the worker's copy waits off the GPU that rank 0 trains on
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
                str(n), "-m", "harness.train.distributed", str(folder / "job.json")]
-        # the ranks import the same harness as this process, installed or not
+        # the ranks import the same harness as this process, installed or not, whatever their working directory
+        # holds: `python -m` would put it first on sys.path (PYTHONSAFEPATH), and a Ray worker's is the directory
+        # its cluster was started from, which may hold another checkout of the harness
         here = str(Path(__file__).resolve().parent.parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
-               "OMP_NUM_THREADS": str(threads)}  # set: torchrun would set 1 and say so in the log
+               "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": str(threads)}  # set: torchrun would set 1 and say so
         if not device.startswith("cuda"):
             # glibc keeps freed blocks under its (growing) mmap threshold for reuse: each rank's copy of the whole
             # model, freed once sharded, stayed resident, and SmolLM2-135M full FT on 2 fsdp ranks peaked at 3.1 GiB
