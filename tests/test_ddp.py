@@ -101,8 +101,8 @@ def test_two_gloo_processes_train_as_one(results, micro_model, grad_accum):
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_cell_and_leaves_nothing(results, micro_model):
     model, tok = micro_model
-    cfg = _cell(results, 2, steps=2) | {"dataset_id": "missing"}  # every rank fails to read its data
-    with pytest.raises(RuntimeError, match="data-parallel training on 2 processes failed"):
+    cfg = _cell(results, 2, steps=2) | {"model": "no-such-model"}  # every rank fails to load its model
+    with pytest.raises(RuntimeError, match="ddp training on 2 processes failed"):
         train_cell(copy.deepcopy(model), tok, cfg, 1e-2, "cpu", None, lambda r, t: None)
     assert not list((results / "runs").glob(".ddp.tmp-*"))
 

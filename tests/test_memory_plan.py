@@ -97,3 +97,19 @@ def test_run_refuses_before_anything_runs(tmp_path):
     res = CliRunner().invoke(app, ["matrix", "run", str(matrix), "--results", str(tmp_path / "results")])
     assert res.exit_code == 2 and "ways out" in res.output
     assert not (tmp_path / "results").exists()  # no data built, no model, no database
+
+
+def test_the_ram_executors_ask_for():
+    """Slurm's --mem and Ray's memory resource: the worker's copy of the model and each of a sharded cell's
+    processes loading it whole (4 bytes a parameter + 0.4 GiB runtime each), + 0.5 GiB for evaluation."""
+    from harness.run.plan import host_memory_bytes
+    from harness.train.cost import GIB, RUNTIME_BYTES
+
+    loaded = 4 * 32_928 + RUNTIME_BYTES["cpu"]  # the micro base: 32,928 parameters
+    cell = {"model": "micro", "method_cfg": {"kind": "full"},
+            "train": TRAIN | {"devices": 4, "strategy": "fsdp", "precision": "fp32"}}
+    assert host_memory_bytes(cell, gpus=True) == 5 * loaded + GIB // 2
+    assert host_memory_bytes({"model": "micro", "precision": "auto"}, gpus=True) == loaded + GIB // 2  # a base eval
+    one = cell | {"train": cell["train"] | {"devices": 1}}
+    assert host_memory_bytes(one, gpus=False) == memory_estimate(Arch(384, 32, 2, 2, 32, 64, True), {"kind": "full"},
+                                                                 one["train"], "cpu", False).total + GIB // 2
