@@ -54,7 +54,8 @@ def rank(args) -> None:
         torch.cuda.set_device(device)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     ref = models.resolve(args.model)
-    model, tok = models.load(ref, Path(args.results), "cpu" if world_size > 1 else device, attention_for("auto", device))
+    model, tok = models.load(ref, Path(args.results), "cpu" if world_size > 1 else device,
+                             attention_for("auto", device))
     load_peak = _status_bytes("VmHWM")
     dtype = autocast_dtype(args.precision, device)
     method = LORA if args.child == "lora" else {"kind": "full"}
@@ -118,8 +119,8 @@ def main() -> int:
     gib, worst = 1 / 2**30, 0.0
     print(f"{args.model}, global batch {args.batch}, max length {args.max_length}, {args.steps} steps, precision "
           f"{args.precision}; fsdp over N processes (N = 1: one plain process)")
-    print("| method | N | rank | peak GiB (measured) | plan GiB | plan/measured | weights | grads | AdamW | activations "
-          "| runtime | RSS after step 1 | load peak |")
+    print("| method | N | rank | peak GiB (measured) | plan GiB | plan/measured | weights | grads | AdamW "
+          "| activations | runtime | RSS after step 1 | load peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         for n in args.processes:
@@ -143,7 +144,8 @@ def main() -> int:
                     print(f"| {method} | {n} | {x['rank']} | {x['peak'] * gib:.3f} | {x['estimate'] * gib:.3f} | "
                           f"{ratio:.2f} | {parts} | {(x['after_first_step'] or 0) * gib:.3f} | "
                           f"{x['load_peak'] * gib:.3f} |", flush=True)
-    print(f"largest |plan/measured - 1|: {worst:.0%} (target <= {TOLERANCE:.0%}: {'met' if worst <= TOLERANCE else 'NOT met'})")
+    met = "met" if worst <= TOLERANCE else "NOT met"
+    print(f"largest |plan/measured - 1|: {worst:.0%} (target <= {TOLERANCE:.0%}: {met})")
     return 0 if worst <= TOLERANCE else 1
 
 
