@@ -146,7 +146,8 @@ class PeakMemory:
 #   weights     4 P / N (fp32 master weights; LoRA's frozen linears 2 bytes under bf16 autocast, see
 #               recipe.cast_frozen_linears); fsdp adds what is gathered at once: the root (embeddings, final norm,
 #               head) for the whole step and two decoder layers (the current one and the next, prefetched);
-#               bf16 autocast adds its bf16 copy of every trained linear weight, kept for the backward pass
+#               bf16 autocast adds its bf16 copy of every trained linear weight and of the head, kept for the
+#               backward pass
 #               (on a GPU under fsdp the weights are gathered in bf16 by MixedPrecisionPolicy instead: no copy)
 #   gradients   4 T / N; fsdp adds the unsharded gradients waiting for their reduce-scatter: one layer's, and the
 #               root's (the head's is computed first in the backward pass and reduced last), in bf16 on a GPU
@@ -244,8 +245,10 @@ def memory_estimate(arch: Arch, method: dict, train: dict, device: str, bf16: bo
     if n > 1:
         per_param = 2 if gathered_bf16 else stored / (arch.params + adapters)
         weights += (arch.root_params + 2 * arch.layer_params) * per_param * (n - 1) / n
-    if bf16 and not lora and not gathered_bf16:  # autocast's bf16 copies of the trained linears (+ the head)
-        weights += 2 * (arch.n_layer * (arch.layer_params - 2 * arch.d_model) + arch.vocab * arch.d_model)
+    if bf16 and not gathered_bf16:  # autocast's bf16 copies, kept for the backward: the head's (frozen for LoRA, whose
+        # linears are bf16 already) and full FT's trained linears
+        weights += 2 * ((0 if lora else arch.n_layer * (arch.layer_params - 2 * arch.d_model))
+                        + arch.vocab * arch.d_model)
     unsharded = adapters // arch.n_layer if lora else arch.root_params + arch.layer_params
     gradients = 4 * trained / n + ((2 if gathered_bf16 else 4) * unsharded if n > 1 else 0)
     optimizer = 8 * trained / n
