@@ -4,7 +4,7 @@
                            [--gradient-checkpointing]
 
 Each method runs in a fresh subprocess, so neither can hide inside the other's high-water mark. The child loads the
-model as a matrix cell does (models.load), prepares the method with the cell's own code (worker.prepare_method; LoRA
+model as a matrix cell does (models.load), prepares the method with the cell's own code (recipe.prepare_method; LoRA
 r 16, alpha 32, all linear layers) and trains with the harness's loop (train.optimize, bf16 autocast where the CPU has
 it) on skills-pool examples rendered with the model's chat template, in the same batches for both methods.
 
@@ -50,7 +50,7 @@ def child(args) -> dict:
     from harness.data import world
     from harness.spec import Method
     from harness.train.sft import attention_for, autocast_dtype, batch_order, collate, encode_example, optimize
-    from harness.run.cell import prepare_method
+    from harness.train.recipe import prepare_method
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(os.cpu_count() or 1)

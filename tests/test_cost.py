@@ -2,7 +2,7 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from harness.train import cost
-from harness.run.cell import prepare_method
+from harness.train.recipe import prepare_method
 
 
 def _model():

@@ -101,25 +101,32 @@ def test_two_gloo_processes_train_as_one(results, micro_model, grad_accum):
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_cell_and_leaves_nothing(results, micro_model):
     model, tok = micro_model
-    cfg = _cell(results, 2, steps=2) | {"dataset_id": "missing"}  # every rank fails to read its data
-    with pytest.raises(RuntimeError, match="data-parallel training on 2 processes failed"):
+    cfg = _cell(results, 2, steps=2) | {"model": "no-such-model"}  # every rank fails to load its model
+    with pytest.raises(RuntimeError, match="ddp training on 2 processes failed"):
         train_cell(copy.deepcopy(model), tok, cfg, 1e-2, "cpu", None, lambda r, t: None)
     assert not list((results / "runs").glob(".ddp.tmp-*"))
+
+
+def matrix_on_two_processes(tmp_path, micro_base, method: str, steps: int, train: str):
+    """A results folder with the micro base, and a one-cell matrix of it trained on 2 processes; (results, matrix)."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(micro_base, results / "bases" / micro_base.name)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(f"name: two\nmodels: [micro]\nmethods: {{{method}}}\nsources: {{pool: {{size: 60}}}}\n"
+                      f"arms: {{bulk: {{source: pool}}}}\nbudget: {{steps: {steps}}}\n"
+                      f"train: {{batch_size: 4, devices: 2, {train}}}\n"
+                      "eval: {limit: 4, learn: [skills_arith], forget: [world_mc]}\n")
+    return results, matrix
 
 
 @pytest.mark.slow
 def test_a_matrix_cell_on_two_processes(tmp_path, micro_base):
     """`train.devices: 2` through the CLI on a CPU (gloo): the cell finishes and stores its loss curve."""
     import duckdb
-    import shutil
 
-    results = tmp_path / "results"
-    shutil.copytree(micro_base, results / "bases" / micro_base.name)
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text("name: two\nmodels: [micro]\nmethods: {lora: {r: 4, alpha: 8}}\nsources: {pool: {size: 60}}\n"
-                      "arms: {bulk: {source: pool}}\nbudget: {steps: 3}\n"
-                      "train: {batch_size: 4, devices: 2, grad_accum: 2}\n"
-                      "eval: {limit: 4, learn: [skills_arith], forget: [world_mc]}\n")
+    results, matrix = matrix_on_two_processes(tmp_path, micro_base, "lora: {r: 4, alpha: 8}", 3, "grad_accum: 2")
     res = CliRunner().invoke(app, ["matrix", "run", str(matrix), "--results", str(results)])
     assert res.exit_code == 0, res.output
     db = duckdb.connect(str(results / "harness.duckdb"), read_only=True)

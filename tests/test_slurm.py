@@ -27,11 +27,25 @@ def test_dry_run_shows_the_sbatch_script_and_writes_nothing(tmp_path):
     script = res.output[res.output.index("#!/bin/bash"):]
     for line in ("#SBATCH --array=0-4%5", "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=30",
                  "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=", "#SBATCH --nodes=1",
-                 "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=harness"):
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=harness",
+                 "#SBATCH --mem=1G"):  # the memory plan's RAM for a micro cell (~0.9 GiB), rounded up
         assert line in script, line
     assert f"-m submitit.core._submit {(results / 'logs' / 'slurm').resolve()}/%j" in script
     assert "5 of 5 cells to run on the slurm executor" in res.output
     assert not results.exists()  # a dry run writes nothing
+
+
+def test_dry_run_asks_a_sharded_cell_its_devices_and_the_plans_memory(tmp_path):
+    """One array task per cell with train.devices GPUs and --mem from the memory plan: SmolLM2-135M's 134.5M fp32
+    parameters (0.5 GiB) held by the worker and loaded by each of 4 processes, + 0.4 GiB runtime each, + 0.5 GiB."""
+    pytest.importorskip("submitit")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("name: sharded\nmodels: [smollm2-135m]\nmethods: {full: {}}\nbudget: {steps: 10}\n"
+                      "train: {batch_size: 8, devices: 4, strategy: fsdp}\n")
+    res = runner.invoke(app, ["matrix", "run", str(matrix), "--executor", "slurm", "--gpus-per-cell", "1",
+                              "--dry-run", "--results", str(tmp_path / "results")])
+    assert res.exit_code == 0, res.output
+    assert "#SBATCH --gpus-per-node=4" in res.output and "#SBATCH --mem=6G" in res.output
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from harness.data import world
 from harness.train.sft import (IGNORE, TrainingDiverged, batch_order, collate, encode_example, label_loss, lr_at,
                            optimize, pack)
-from harness.run.cell import prepare_method
+from harness.train.recipe import prepare_method
 
 
 def _examples(tokenizer, n=8):

@@ -25,8 +25,12 @@ def _load_plan(file: Optional[Path], include: list[Path] = ()):
 
 
 def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
+                device_memory_gb: Optional[float] = typer.Option(None, "--device-memory-gb", help="Plan for GPUs of "
+                                                                 "this many GiB (default: the matrix's "
+                                                                 "run.device_memory_gb, else this machine's)."),
                 include: list[Path] = IncludeOpt, results: Path = ResultsOpt) -> None:
-    """Print the expanded cells, their ids and status, the data recipes, and what is matched between cells."""
+    """Print the expanded cells, their ids and status, the data recipes, what is matched between cells, and each
+    cell's estimated peak memory per device; exit 2 when a cell cannot fit its device."""
     from harness.run import plan
     from harness.spec import matched_description
 
@@ -40,6 +44,39 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
     out.print("[bold]matched between cells[/]")
     for line in matched_description(p.matrix):
         out.print(f"  {line}", highlight=False)
+    _memory_plan(p, device_memory_gb or p.matrix.run.device_memory_gb)
+
+
+def _memory_plan(p, device_memory_gb: float | None) -> None:
+    """The memory table of `matrix plan`; a cell that cannot fit ends the command with one line and exit code 2."""
+    from harness.run import plan
+
+    where = plan.DeviceMemory.here(device_memory_gb)
+    cells = plan.memory_plan(p, where)
+    gib = 2**30
+    shared = "" if where.device == "cuda" else ", shared by all the processes of a cell"
+    rows = []
+    for m in cells:
+        t, e = m.cell.train, m.estimate
+        rows.append((m.cell.id, m.cell.model, f"{m.cell.method} ({m.cell.method_cfg.kind})",
+                     f"{t.strategy} x {t.devices}", "yes" if t.gradient_checkpointing else "no",
+                     f"{t.batch_size // (t.devices * t.grad_accum)} x {t.max_length}",
+                     *(f"{v / gib:.2f}" for v in (e.weights, e.gradients, e.optimizer, e.activations, e.runtime,
+                                                   e.total)), "yes" if m.fits else "NO"))
+    print_table(["cell id", "model", "method", "strategy", "checkpointing", "micro-batch", "weights", "grads",
+                 "AdamW", "activations", "runtime", "per device", "fits"], rows,
+                title=f"memory plan: estimated peak GiB per device ({where.device}; {where.source}: "
+                      f"{where.bytes / gib:.1f} GiB{shared})")
+    _refuse_unfit(p, cells)
+
+
+def _refuse_unfit(p, cells) -> None:
+    """One line and exit code 2 when a cell of the memory plan cannot fit its device."""
+    from harness.run import plan
+
+    bad = [m for m in cells if not m.fits]
+    if bad:
+        raise fail(plan.refusal(bad[0], len(bad) - 1))
 
 
 def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
@@ -65,7 +102,7 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     import time
 
     from harness import store
-    from harness.run import runner
+    from harness.run import plan, runner
 
     t0 = time.perf_counter()
     p = _load_plan(file, include)
@@ -73,6 +110,8 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     try:
         opts = runner.run_options(p, executor, workers=workers, address=address, retries=retries, gpus=gpus,
                                   partition=partition, account=account, time_minutes=time_minutes)
+        if opts.executor == "local" or opts.device_memory_gb:  # elsewhere the devices are not known from here
+            _refuse_unfit(p, plan.memory_plan(p, plan.DeviceMemory.here(opts.device_memory_gb)))
         stats = runner.execute(p, results, path, opts, force=force, dry_run=dry_run, console=err)
     except input_errors() as e:
         raise fail(str(e)) from None

@@ -47,39 +47,6 @@ def environment(device: str, threads: int, precision: str | None, attention: str
     return env
 
 
-def prepare_method(model, method: dict, seed: int, autocast=None):
-    """Full fine-tuning trains every weight; LoRA wraps the model with peft adapters (base weights frozen)."""
-    import torch
-
-    torch.manual_seed(seed)  # LoRA's A matrices and dropout draw from this
-    if method["kind"] == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=method["r"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
-                     target_modules=method["target_modules"], task_type="CAUSAL_LM")
-    model = get_peft_model(model, cfg)
-    if autocast is not None:
-        cast_frozen_linears(model, autocast)
-    return model
-
-
-def cast_frozen_linears(model, dtype) -> None:
-    """Store LoRA's frozen base linears in the autocast dtype (and back to float32 before evaluating). Autocast multiplies
-    them in bf16 anyway, so no product changes; what goes is their fp32 copy and the bf16 copy autocast keeps for the
-    backward pass. On SmolLM2-135M at batch 8 LoRA's peak RSS went from 0.61x to 0.47x of full FT's with this and
-    models.load's own copies of the weights (bench/memory.py)."""
-    from peft.tuners.lora import LoraLayer
-
-    for m in model.modules():
-        if isinstance(m, LoraLayer):
-            for p in (m.base_layer.weight, getattr(m.base_layer, "bias", None)):
-                if p is not None:
-                    p.data = p.data.to(dtype)
-
-
 def _write_parquet(rows: list[dict], folder: Path, table: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -109,50 +76,24 @@ def _encoded(results: Path, dataset_id: str, model_fp: str, tr: dict, tokenizer)
 
 
 def train_cell(model, tokenizer, cfg: dict, lr: float, device: str, autocast, on_step) -> tuple[object, list, dict]:
-    """Fine-tune per the cell's method, data, budget and schedule; returns the model, its loss curve and counts.
-    With train.devices > 1 the training runs in that many processes (harness.train.ddp), each running this function."""
-    import torch.distributed as dist
-
-    from harness.train import cost
-    from harness.train.sft import batch_order, fit_length, optimize, step_batches
+    """Fine-tune per the cell's method, data, budget and schedule (harness.train.recipe.fit, on train.devices
+    processes); returns the model, its loss curve and counts."""
+    from harness.train.recipe import fit
+    from harness.train.sft import fit_length
 
     tr = cfg["train"]
-    if tr["devices"] > 1 and not dist.is_initialized():
-        from harness.train import ddp
-
-        return ddp.train(model, tokenizer, cfg, lr, device, autocast, on_step)
     t0 = time.perf_counter()
     rows, encoded = _encoded(cfg["results"], cfg["dataset_id"], cfg["model_fingerprint"], tr, tokenizer)
     encoded, long_rows = fit_length([r["id"] for r in rows], encoded, tr["too_long"])
     if not encoded:
         raise ValueError(f"every row of data set {cfg['dataset_id']} is longer than train.max_length "
                          f"{tr['max_length']} and train.too_long is drop: raise max_length or truncate")
-    if tr["gradient_checkpointing"]:  # non-reentrant: also right for LoRA, whose inputs need no grad
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = prepare_method(model, cfg["method_cfg"], cfg["seed"], autocast)
-    lengths = [len(e.input_ids) for e in encoded]
-    order = batch_order(lengths, tr["batch_size"], cfg["seed"], **cfg["budget"])
-    out = {"examples": len(encoded), "steps": len(order), "epochs": sum(map(len, order)) / len(encoded),
-           "length_decisions": long_rows, "rows_over_length": len(long_rows),
-           "rows_dropped": sum(d["action"] == "dropped" for d in long_rows),
-           "trained_tokens_lost": sum(d["trained_tokens_lost"] for d in long_rows),
-           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-           "prep_seconds": time.perf_counter() - t0}
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    batches = step_batches(encoded, order, tokenizer.pad_token_id, tr["packing"], tr["max_length"],
-                           tr["grad_accum"], rank, world)
-    t1 = time.perf_counter()
-    curve = optimize(model, batches, total_steps=len(order), lr=lr, schedule=tr["schedule"], warmup=tr["warmup"],
-                     weight_decay=tr["weight_decay"], grad_clip=tr["grad_clip"], precision=tr["precision"],
-                     device=device, on_step=on_step)
-    out["train_seconds"] = time.perf_counter() - t1
-    out["train_tokens"] = sum(r.tokens for r in curve)
-    out["response_tokens"] = sum(r.label_tokens for r in curve)
-    out["tokens_per_second"] = out["train_tokens"] / out["train_seconds"]
-    sequences = sum(map(len, order))
-    out["train_flops"] = cost.train_flops(cost.model_shape(model), out["train_tokens"], out["response_tokens"],
-                                          out["train_tokens"] / sequences)
-    return model, curve, out
+    encoding = time.perf_counter() - t0
+    model, curve, out = fit(model, tokenizer.pad_token_id, cfg, encoded, lr, device, autocast, on_step)
+    return model, curve, out | {
+        "prep_seconds": out["prep_seconds"] + encoding, "length_decisions": long_rows,
+        "rows_over_length": len(long_rows), "rows_dropped": sum(d["action"] == "dropped" for d in long_rows),
+        "trained_tokens_lost": sum(d["trained_tokens_lost"] for d in long_rows)}
 
 
 def save_weights(model, tokenizer, cfg: dict, ref, tmp: Path, final: Path) -> tuple[object, dict]:
@@ -163,6 +104,7 @@ def save_weights(model, tokenizer, cfg: dict, ref, tmp: Path, final: Path) -> tu
 
     from harness import models
     from harness.train import cost
+    from harness.train.recipe import cast_frozen_linears
 
     out = {}
     lora = cfg["method_cfg"]["kind"] == "lora"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -94,3 +95,131 @@ def recipe_lines(p: Plan) -> list[str]:
         steps = " -> ".join(n + (f"({short_params(prm)})" if prm else "") for n, prm in r.steps) or "as is"
         out.append(f"{arm}: {src} -> {steps}   [data set {r.id}]")
     return out
+
+
+def model_arch(ref: models.ModelRef):
+    """The shape of a model from its config alone (cost.Arch), without building, converting or loading it; None for
+    a hub model not downloaded yet."""
+    from transformers import AutoConfig
+
+    from harness.train.cost import Arch
+
+    if ref.kind == "adapter":
+        return model_arch(ref.base)
+    if ref.kind == "builtin":  # as pretrain builds it: one KV head per head, tied embeddings
+        r = ref.recipe
+        return Arch(r.vocab_size, r.hidden, r.layers, r.heads, r.hidden, r.intermediate, tied=True)
+    if ref.path is None:
+        return None
+    path = Path(ref.path)
+    if ref.kind == "gguf":  # the GGUF's metadata: no dequantizing
+        return Arch.from_config(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+    return Arch.from_config(AutoConfig.from_pretrained(path, trust_remote_code=models.trust_remote_code()))
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """What one cell's process may use: bytes, what kind of device, and where the figure came from."""
+    bytes: int
+    device: str  # "cuda" or "cpu"
+    source: str
+
+    @classmethod
+    def here(cls, given_gb: float | None) -> "DeviceMemory":
+        """`run.device_memory_gb` (a GPU of that size, planning for a cluster), else this machine's GPU 0, else its
+        available RAM (on a CPU a cell's processes share it)."""
+        if given_gb:
+            return cls(int(given_gb * 2**30), "cuda", f"run.device_memory_gb {given_gb:g}")
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return cls(props.total_memory, "cuda", props.name)
+        avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+        return cls(avail, "cpu", "available RAM")
+
+
+@dataclass(frozen=True)
+class CellMemory:
+    cell: object  # spec.Cell
+    estimate: object  # cost.MemoryEstimate: one process
+    need: int  # bytes of the device (a GPU), or of the machine's RAM for all of a CPU cell's processes
+    where: DeviceMemory
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= self.where.bytes
+
+
+def _bf16(precision: str, device: str) -> bool:
+    if device == "cuda":  # planning for GPUs from anywhere: auto means bf16 (every GPU since Ampere has it)
+        return precision != "fp32"
+    from harness.train.sft import autocast_dtype
+
+    return autocast_dtype(precision, "cpu") is not None
+
+
+def memory_plan(p: Plan, where: DeviceMemory) -> list[CellMemory]:
+    """Each cell's estimated peak per device (harness.train.cost.memory_estimate) against `where`."""
+    from harness.train.cost import memory_estimate
+
+    arches = {name: model_arch(ref) for name, ref in p.refs.items()}
+    out = []
+    for c in p.cells:
+        arch = arches[c.model]
+        if arch is None:
+            continue
+        train = dataclasses.asdict(c.train)
+        est = memory_estimate(arch, dataclasses.asdict(c.method_cfg), train, where.device,
+                              _bf16(c.train.precision, where.device))
+        # on a CPU every process of the cell, and the worker's own copy of the model while they train, share the RAM
+        need = est.total if where.device == "cuda" else \
+            c.train.devices * est.total + (4 * arch.params if c.train.devices > 1 else 0)
+        out.append(CellMemory(c, est, need, where))
+    return out
+
+
+def refusal(m: CellMemory, others: int) -> str:
+    """One line: the cell that cannot fit and the ways out."""
+    c, where, gib = m.cell, m.where, 2**30
+    t = c.train
+    per = "per device" if where.device == "cuda" else f"for its {t.devices} process(es)"
+    ways = [f"more devices (train.devices: {t.devices * 2})"]
+    if t.strategy != "fsdp" and c.method_cfg.kind == "full":
+        ways.append("train.strategy: fsdp")
+    if c.method_cfg.kind == "full":
+        ways.append("a LoRA method")
+    if not t.gradient_checkpointing:
+        ways.append("train.gradient_checkpointing: true")
+    rows = t.batch_size // (t.devices * t.grad_accum)
+    if rows > 1:
+        ways.append(f"a smaller micro-batch (train.grad_accum: {t.grad_accum * 2})")
+    return (f"cell {c.id} ({c.model} {c.method}/{c.arm}/s{c.seed}) needs ~{m.need / gib:.1f} GiB {per}, "
+            f"{where.source} is {where.bytes / gib:.1f} GiB: ways out: {', '.join(ways)}"
+            + (f" ({others} more cell(s) do not fit either)" if others else ""))
+
+
+def host_memory_bytes(config: dict, gpus: bool) -> int | None:
+    """RAM one job needs on its node (Slurm's --mem, Ray's memory resource). The worker holds the model (4 bytes a
+    parameter); with train.devices > 1 each process also loads the whole model into RAM first (fsdp shards it from
+    there). On GPUs the training happens in device memory; without them each process's training peak is in RAM.
+    + 0.5 GiB for evaluation's batches. None when the model's shape is unknown."""
+    from harness.train.cost import GIB, RUNTIME_BYTES, memory_estimate
+
+    arch = model_arch(models.resolve(config["model"]))
+    if arch is None:
+        return None
+    loaded = 4 * arch.params + RUNTIME_BYTES["cpu"]
+    if "train" not in config:  # a base model's evaluation
+        return loaded + GIB // 2
+    t = config["train"]
+    rank = loaded if gpus else max(loaded, memory_estimate(arch, config["method_cfg"], t, "cpu",
+                                                           _bf16(t["precision"], "cpu")).total)
+    return (loaded + t["devices"] * rank if t["devices"] > 1 else rank) + GIB // 2
+
+
+def jobs_memory_bytes(jobs: list[Job], gpus: bool) -> int | None:
+    """The most RAM any of `jobs` needs (host_memory_bytes); None when a model's shape is unknown."""
+    need = [host_memory_bytes(j.config, gpus) for j in jobs]
+    return None if None in need else max(need, default=None)

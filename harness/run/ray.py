@@ -131,6 +131,8 @@ class RayExecutor:
         """The actor's resource request, and how many actors the cluster fits."""
         import ray
 
+        from harness.run.plan import jobs_memory_bytes
+
         total = ray.cluster_resources()
         devices = max(j.config.get("train", {}).get("devices", 1) for j in jobs)  # a data-parallel cell's GPUs
         gpus = self.opts.gpus if self.opts.gpus is not None else (devices if total.get("GPU", 0) >= 1 else 0)
@@ -139,6 +141,10 @@ class RayExecutor:
             request, slots = {"num_gpus": gpus, "num_cpus": 1}, int(total.get("GPU", 0) // gpus)
         else:
             request, slots = {"num_cpus": self.info.threads}, int(total.get("CPU", 1) // self.info.threads)
+        memory = jobs_memory_bytes(jobs, bool(gpus))  # the memory plan's RAM: cells that do not fit never share a node
+        if memory:
+            request["memory"] = memory
+            slots = min(slots, int(total.get("memory", 0) // memory))
         slots = min(self.opts.workers or slots, slots, len(jobs))
         if slots < 1:
             raise ExecutorError(f"the Ray cluster ({dict(total)}) cannot fit one cell ({request})")

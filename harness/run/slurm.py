@@ -53,12 +53,19 @@ class SlurmExecutor:
         self.folder = results.resolve() / "logs" / "slurm"
         self.info = ExecutorInfo("slurm", 0, threads)
 
-    def _parameters(self, n: int) -> dict:
-        """sbatch parameters of the array: one task per cell, each with its own GPUs and threads."""
+    def _parameters(self, jobs: list[Job]) -> dict:
+        """sbatch parameters of the array: one task per cell, each with its own GPUs (at least train.devices of them
+        when --gpus-per-cell asks for GPUs), threads and memory (the memory plan's RAM for the largest cell: without
+        --mem a task gets the partition's default, often the whole node, and the tasks run one at a time)."""
+        from harness.run.plan import jobs_memory_bytes
+
+        devices = max(j.config.get("train", {}).get("devices", 1) for j in jobs)
+        gpus = max(self.opts.gpus, devices) if self.opts.gpus else None
+        memory = jobs_memory_bytes(jobs, bool(gpus))
         return {"job_name": "harness", "time": self.opts.time_minutes, "cpus_per_task": self.info.threads,
-                "gpus_per_node": self.opts.gpus or None, "partition": self.opts.partition,
-                "account": self.opts.account, "array_parallelism": self.opts.workers or n, "nodes": 1,
-                "ntasks_per_node": 1}
+                "gpus_per_node": gpus, "partition": self.opts.partition,
+                "account": self.opts.account, "array_parallelism": self.opts.workers or len(jobs), "nodes": 1,
+                "ntasks_per_node": 1, "mem": f"{-(-memory // 2**30)}G" if memory else None}
 
     def describe(self, jobs: list[Job], results: Path) -> str:
         """The sbatch script this executor would submit for `jobs` (`--dry-run`)."""
@@ -67,7 +74,7 @@ class SlurmExecutor:
         folder = self.folder / "%j"  # as submitit names each job's folder
         command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
         return _make_sbatch_string(command=command, folder=folder, map_count=len(jobs),
-                                   **{k: v for k, v in self._parameters(len(jobs)).items() if v is not None})
+                                   **{k: v for k, v in self._parameters(jobs).items() if v is not None})
 
     def run(self, jobs: list[Job], results: Path) -> Iterator[Event]:
         import submitit
@@ -76,9 +83,10 @@ class SlurmExecutor:
             raise ExecutorError("--executor slurm: no Slurm on this machine (srun not found); run it on a login "
                                 "node, or set HARNESS_SUBMITIT_CLUSTER=local to run the array here")
         ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
-        p = self._parameters(len(jobs))
+        p = self._parameters(jobs)
         ex.update_parameters(name=p["job_name"], timeout_min=p["time"], cpus_per_task=p["cpus_per_task"],
                              gpus_per_node=p["gpus_per_node"] or 0, nodes=1, tasks_per_node=1,
+                             **({"slurm_mem": p["mem"]} if p["mem"] else {}),
                              slurm_partition=p["partition"], slurm_account=p["account"],
                              slurm_array_parallelism=p["array_parallelism"])
         submitted = ex.map_array(run_cell, jobs, [str(results.resolve())] * len(jobs))

@@ -51,7 +51,8 @@ class BaseEval:
 
 # Keys added after cell ids were first published, with their defaults: left out of the id payload while at their
 # default, so a config that does not use them keeps its id (and its finished cells).
-ADDED_KEYS = {"train": {"grad_accum": 1, "devices": 1, "too_long": "truncate", "loss_on": "all"}}
+ADDED_KEYS = {"train": {"grad_accum": 1, "devices": 1, "too_long": "truncate", "loss_on": "all",
+                        "strategy": "ddp"}}
 # Never in an id: where included tasks live (the task fingerprint covers their content), so a matrix or task folder
 # moved elsewhere keeps its ids.
 NOT_IN_ID = {"eval": {"include"}}

@@ -49,7 +49,10 @@ class Train:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     # batch_size is the global batch: split into devices x grad_accum micro-batches of batch_size/(devices*grad_accum)
     grad_accum: int = 1  # micro-batches per device per optimizer step: a global batch larger than fits in memory
-    devices: int = 1  # GPUs of one node training the cell data-parallel (DDP through torchrun; gloo on a CPU)
+    devices: int = 1  # GPUs of one node training the cell together (torchrun; gloo on a CPU)
+    # ddp: every device holds the whole model, gradients and AdamW state; fsdp: FSDP2 shards all three over the devices
+    # (full fine-tuning of a model that does not fit one device; `harness matrix plan` says which cells fit)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Run:
     partition: str | None = None  # slurm
     account: str | None = None  # slurm
     time_minutes: int = 120  # slurm: the time limit of one cell
+    device_memory_gb: float | None = None  # memory of one GPU, for `harness matrix plan` (None: read from the device)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def speed(model_ref: str, method: str, steps: int, batch_size: int, results: Pat
 
     from harness import models
     from harness.train.sft import attention_for, batch_order
-    from harness.run.cell import prepare_method
+    from harness.train.recipe import prepare_method
 
     ref = models.resolve(model_ref)
     method_cfg = {"kind": method, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}

@@ -137,3 +137,128 @@ class PeakMemory:
             import torch
 
             self.gpu = torch.cuda.max_memory_allocated()
+
+
+# --- memory: the plan before a run ---------------------------------------------------------------------------------
+# Per-device peak of one training process, for a Llama-style decoder (GQA attention, gated MLP, RMSNorm: Llama,
+# Mistral, Qwen2, SmolLM2 and the harness's own bases), estimated from its config alone (no weights are read).
+# What the parts hold, in bytes (P parameters, T of them trained, N devices sharing a shard under fsdp, 1 under ddp):
+#   weights     4 P / N (fp32 master weights; LoRA's frozen linears 2 bytes under bf16 autocast, see
+#               recipe.cast_frozen_linears); fsdp adds what is gathered at once: the root (embeddings, final norm,
+#               head) for the whole step and two decoder layers (the current one and the next, prefetched);
+#               bf16 autocast adds its bf16 copy of every trained linear weight and of the head, kept for the
+#               backward pass
+#               (on a GPU under fsdp the weights are gathered in bf16 by MixedPrecisionPolicy instead: no copy)
+#   gradients   4 T / N; fsdp adds the unsharded gradients waiting for their reduce-scatter: one layer's, and the
+#               root's (the head's is computed first in the backward pass and reduced last), in bf16 on a GPU
+#   optimizer   8 T / N (AdamW's two fp32 moments)
+#   activations what the backward pass needs, per token of the micro-batch (b rows of the cell's max_length):
+#               each decoder layer keeps its fp32 residual input and norms (4 x 4h), the linears' inputs and
+#               outputs (q, k, v, rotated q and k, attention output, o, gate, up, act, product: e x (5h + 3 kv + 4 I),
+#               e = 2 bytes under bf16 autocast, else 4), and with eager attention (CPU) the softmax of every head over
+#               the row (a L x (4 + e)); gradient checkpointing keeps only each layer's input (4h) and recomputes one
+#               layer at a time. The LM head keeps fp32 log-probabilities over the vocabulary for every labelled
+#               token (4 V) plus, while its backward runs, their gradient and the logits (4 V + e V): the plan
+#               assumes every token is labelled (an upper bound: prompts carry no loss)
+#   runtime     the process itself: Python, torch, transformers and peft imported (~0.4 GiB RSS measured on a CPU),
+#               or the CUDA context and kernels' workspaces on a GPU (~1 GiB)
+GIB = 2**30
+RUNTIME_BYTES = {"cpu": int(0.4 * GIB), "cuda": 1 * GIB}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the memory plan needs to know about a model, read from its transformers config."""
+    vocab: int
+    d_model: int
+    n_layer: int
+    n_heads: int
+    kv_dim: int  # key/value width: d_model x kv heads / heads (grouped-query attention)
+    intermediate: int
+    tied: bool  # the LM head is the input embedding
+
+    @classmethod
+    def from_config(cls, c) -> "Arch":
+        heads = c.num_attention_heads
+        return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, heads,
+                   c.hidden_size * (getattr(c, "num_key_value_heads", None) or heads) // heads, c.intermediate_size,
+                   bool(getattr(c, "tie_word_embeddings", False)))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """One decoder layer's linear layers, (in, out) features, by the names peft targets."""
+        h, kv, i = self.d_model, self.kv_dim, self.intermediate
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
+                "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def layer_params(self) -> int:
+        return sum(a * b for a, b in self.linears().values()) + 2 * self.d_model  # + two RMSNorm weights
+
+    @property
+    def root_params(self) -> int:
+        """Embeddings, final norm, head: what is not in a decoder layer."""
+        return self.vocab * self.d_model * (1 if self.tied else 2) + self.d_model
+
+    @property
+    def params(self) -> int:
+        return self.n_layer * self.layer_params + self.root_params
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak bytes of one training process (one device); see the notes above `Arch`."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+
+
+def lora_params(arch: Arch, method: dict) -> tuple[int, int]:
+    """(adapter parameters, frozen linear parameters they wrap) of a LoRA method over every decoder layer."""
+    targets = method.get("target_modules", "all-linear")
+    names = arch.linears() if targets == "all-linear" else {k: v for k, v in arch.linears().items()
+                                                           if k in ([targets] if isinstance(targets, str) else targets)}
+    return (arch.n_layer * sum(method["r"] * (a + b) for a, b in names.values()),
+            arch.n_layer * sum(a * b for a, b in names.values()))
+
+
+def memory_estimate(arch: Arch, method: dict, train: dict, device: str, bf16: bool, label_tokens: int | None = None,
+                    row_length: int | None = None) -> MemoryEstimate:
+    """Peak memory of one of the cell's `train["devices"]` processes. `train`: a cell's train config; the
+    micro-batch is batch_size / (devices x grad_accum) rows of `row_length` (default: max_length) tokens, of which
+    `label_tokens` (default: all) carry loss."""
+    cuda = device.startswith("cuda")
+    n = train["devices"] if train.get("strategy", "ddp") == "fsdp" else 1
+    lora = method["kind"] == "lora"
+    adapters, wrapped = lora_params(arch, method) if lora else (0, 0)
+    trained = adapters if lora else arch.params
+    e = 2 if bf16 else 4
+    frozen_bytes = 2 if bf16 else 4  # cast_frozen_linears stores LoRA's frozen linears in the autocast dtype
+    stored = 4 * (arch.params - wrapped) + frozen_bytes * wrapped + 4 * adapters
+    weights = stored / n
+    gathered_bf16 = cuda and bf16 and n > 1  # fsdp's MixedPrecisionPolicy
+    if n > 1:
+        per_param = 2 if gathered_bf16 else stored / (arch.params + adapters)
+        weights += (arch.root_params + 2 * arch.layer_params) * per_param * (n - 1) / n
+    if bf16 and not gathered_bf16:  # autocast's bf16 copies, kept for the backward: the head's (frozen for LoRA, whose
+        # linears are bf16 already) and full FT's trained linears
+        weights += 2 * ((0 if lora else arch.n_layer * (arch.layer_params - 2 * arch.d_model))
+                        + arch.vocab * arch.d_model)
+    unsharded = adapters // arch.n_layer if lora else arch.root_params + arch.layer_params
+    gradients = 4 * trained / n + ((2 if gathered_bf16 else 4) * unsharded if n > 1 else 0)
+    optimizer = 8 * trained / n
+    rows = max(1, train["batch_size"] // (train["devices"] * train.get("grad_accum", 1)))
+    length = row_length or train["max_length"]
+    tokens = rows * length
+    h, kv, i = arch.d_model, arch.kv_dim, arch.intermediate
+    eager = train.get("attention", "auto") == "eager" or (train.get("attention", "auto") == "auto" and not cuda)
+    layer = 16 * h + e * (5 * h + 3 * kv + 4 * i) + (arch.n_heads * length * (4 + (e if bf16 else 0)) if eager else 0)
+    kept = arch.n_layer * 4 * h + layer if train.get("gradient_checkpointing") else arch.n_layer * layer
+    head = (label_tokens if label_tokens is not None else tokens) * arch.vocab * (8 + e)
+    return MemoryEstimate(int(weights), int(gradients), int(optimizer), int(tokens * kept + head),
+                          RUNTIME_BYTES["cuda" if cuda else "cpu"])

@@ -331,26 +331,32 @@ class StepRecord:
 def optimize(model, batches: Iterator[Batch | Sequence[Batch]], total_steps: int, lr: float,
              schedule: str = "cosine", warmup: float = 0.1, weight_decay: float = 0.0, grad_clip: float = 1.0,
              precision: str = "auto", device: str = "cpu", on_step: Callable[[StepRecord, int], None] | None = None,
-             sync_every: int = 10, fused: bool = True) -> list[StepRecord]:
+             sync_every: int = 10, fused: bool = True, strategy: str = "ddp") -> list[StepRecord]:
     """The one training loop: AdamW, warm-up + decay, gradient clipping, bf16 autocast, a NaN/inf stop.
 
     A step is one Batch or a list of micro-batches (gradient accumulation: `step_batches`). Under torch.distributed
     (one process per device, started by torchrun) each process passes its share of the step and the model trains as
-    DistributedDataParallel. Either way each micro-batch's summed token loss is divided by the response tokens of the
+    DistributedDataParallel (`strategy` ddp) or sharded by FSDP2 (fsdp: distributed.shard). Either way each micro-batch's summed token loss is divided by the response tokens of the
     whole step (all micro-batches, all processes: one all-reduce of the count), so the gradient is that of one batch.
     Losses stay on the device and are read back every `sync_every` steps (a .item() per step would stall a GPU
     pipeline once per step); a non-finite loss is reported with the step it first appeared at.
     """
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if dist else 1
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, lr, weight_decay, fused)
     dtype = autocast_dtype(precision, device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     model.train()
-    # gradients as views into DDP's all-reduce buckets: no second copy of them (4 bytes/param for fp32 weights)
-    net = torch.nn.parallel.DistributedDataParallel(LabelLoss(model), gradient_as_bucket_view=True) if dist \
-        else LabelLoss(model)
+    sharded = dist and strategy == "fsdp"
+    if sharded:
+        from harness.train.distributed import shard
+
+        net = shard(LabelLoss(model), model, device, dtype)
+    elif dist:  # gradients as views into DDP's all-reduce buckets: no second copy of them (4 bytes/param in fp32)
+        net = torch.nn.parallel.DistributedDataParallel(LabelLoss(model), gradient_as_bucket_view=True)
+    else:
+        net = LabelLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: this process's shards
+    opt = adamw(params, lr, weight_decay, fused)
     curve: list[StepRecord] = []
     pending: list[tuple[int, torch.Tensor, float, torch.Tensor]] = []
     t0 = time.perf_counter()
@@ -384,11 +390,12 @@ def optimize(model, batches: Iterator[Batch | Sequence[Batch]], total_steps: int
         n_labels = counts[0].clamp(min=1)
         step_loss = 0
         for k, batch in enumerate(micro):
-            # DDP all-reduces gradients in the backward of a process's last micro-batch only
-            with net.no_sync() if dist and k < len(micro) - 1 else contextlib.nullcontext():
+            # DDP all-reduces gradients in the backward of a process's last micro-batch only; FSDP reduce-scatters
+            # in every backward: skipping that would keep a whole unsharded gradient per process between micro-batches
+            with net.no_sync() if dist and not sharded and k < len(micro) - 1 else contextlib.nullcontext():
                 with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     loss_sum, _ = net(batch)
-                # DDP averages gradients over the processes: x world turns that average into the sum over the batch
+                # DDP and FSDP average gradients over the processes: x world turns that into the sum over the batch
                 loss = (loss_sum * world if dist else loss_sum) / n_labels
                 loss.backward()
             step_loss = step_loss + loss.detach()
