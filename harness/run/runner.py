@@ -122,11 +122,17 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     if not todo:
         console.print(f"[green]all {len(p.ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
         return stats
-    _build_inputs(p, set(todo), results, db, stats, console)
-    jobs = jobs_for(p, set(todo), executor.info.threads)
-    console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
-                  f"{opts.executor} executor", highlight=False)
-    _run_jobs(p, executor, jobs, results, db, stats, console)
+    if hasattr(executor, "start"):  # local workers import while the base pretrains and the data builds
+        executor.start(results, len(todo))
+    try:
+        _build_inputs(p, set(todo), results, db, stats, console)
+        jobs = jobs_for(p, set(todo), executor.info.threads)
+        console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
+                      f"{opts.executor} executor", highlight=False)
+        _run_jobs(p, executor, jobs, results, db, stats, console)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
     stats.wall_seconds = time.perf_counter() - t_start
     with store.writer(db) as con:
         store.record_matrix_run(con, p.matrix.name, opts.executor, stats.cells_run, stats.failed, stats.workers,
