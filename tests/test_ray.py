@@ -153,7 +153,7 @@ def test_a_node_lost_mid_run_the_matrix_still_finishes(cluster, ci_run, tmp_path
     assert "died" in res.output and "retry 1 of 2" in res.output and "logs/ray.log" in res.output
     assert "[state-dump]" not in res.output and "Raylet is terminated" not in res.output
     assert "(CellActor pid=" not in res.output  # the worker output the fixture's ray.init forwards to the driver
-    assert "[state-dump]" in (results / "logs" / "ray.log").read_text()
+    assert "Raylet is terminated" in (results / "logs" / "ray.log").read_text()  # with its last log lines
     assert "capacity lost with workers that died" in res.output
     assert _counts(results / "harness.duckdb") == _counts(ci_run[0] / "harness.duckdb")
     assert scores(results / "harness.duckdb") == scores(ci_run[0] / "harness.duckdb")
