@@ -5,7 +5,7 @@ import json
 import pytest
 
 from harness import store
-from harness.run.plan import plan
+from harness.run.plan import jobs_for, plan
 from harness.run.runner import RunStats, _curation_compute, run_options
 from harness.spec import SpecError, load_matrix, parse_matrix
 
@@ -64,3 +64,53 @@ def test_curation_that_ran_models_is_compute(tmp_path):
     assert stats.overhead_seconds == 5.0
     assert stats.line() == ("harness overhead: 5.0s of 100.0s wall (5.0%); compute 95.0s (cells 90.0s, curation "
                             "5.0s); of the overhead: data 2.0s")
+
+
+def test_capacity_lost_with_dead_workers_is_neither_compute_nor_overhead():
+    stats = RunStats(wall_seconds=100.0, compute={"cells": 60.0}, parts={"worker start": 3.0}, lost_seconds=30.0)
+    assert stats.overhead_seconds == 10.0
+    assert stats.line() == ("harness overhead: 10.0s of 100.0s wall (10.0%); compute 60.0s (cells 60.0s); of the "
+                            "overhead: worker start 3.0s; capacity lost with workers that died: 30.0s")
+
+
+def test_cells_run_seed_by_seed_the_longest_expected_first():
+    """LoRA cells (~1.4x a full cell's time on a CPU) go first within a seed: the matrix ends on the short ones."""
+    p = plan(parse_matrix(CI_MATRIX.read_text().replace("seeds: [0]", "seeds: [0, 1]")))
+    labels = [j.label for j in jobs_for(p, set(p.ids), threads=1)]
+    assert labels == ["base micro", "lora/curated/s0", "lora/bulk/s0", "full/curated/s0", "full/bulk/s0",
+                      "lora/curated/s1", "lora/bulk/s1", "full/curated/s1", "full/bulk/s1"]
+
+
+ENGINE = r'''
+import logging, os, subprocess, sys
+from pathlib import Path
+from rich.console import Console
+from harness.run.jobs import engine_output
+
+console = Console(stderr=True)
+logging.getLogger("engine").addHandler(logging.StreamHandler(sys.stderr))
+with engine_output(Path(sys.argv[1]), ("engine",), console):
+    console.print("progress for the user")
+    print("[state-dump] printed by the engine's thread")
+    print("forwarded worker line", file=sys.stderr)
+    logging.getLogger("engine").warning("Bypassing sacct error")
+    os.write(2, b"C++ log line\n")
+    subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('Slurm accounting storage is disabled\\n')"])
+console.print("after the run")
+print("the command's own output")
+'''
+
+
+def test_an_engines_own_output_goes_to_its_log_and_progress_to_the_user(tmp_path):
+    """A real process whose stdout and stderr are pipes (file descriptors, as on a terminal): only the progress view
+    and what comes after reach them."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "logs" / "engine.log"
+    res = subprocess.run([sys.executable, "-c", ENGINE, str(log)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "progress for the user\nafter the run\n" and res.stdout == "the command's own output\n"
+    assert set(log.read_text().splitlines()) == {
+        "[state-dump] printed by the engine's thread", "forwarded worker line", "Bypassing sacct error",
+        "C++ log line", "Slurm accounting storage is disabled"}

@@ -1,14 +1,19 @@
 """The Slurm executor without Slurm: the sbatch script a dry run shows, then the same job array through submitit's
 local executor (real subprocesses) and its debug executor (in this process), each ingested like any cell."""
 
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from harness import store
 from harness.cli import app
 
 from conftest import CI_MATRIX, fresh_results
-from helpers import run_without_extra, scores
+from helpers import run_matrix_while, run_without_extra, scores
 
 runner = CliRunner()
 
@@ -59,6 +64,46 @@ def test_slurm_array_through_submitits_local_executor_is_ingested(ci_run, tmp_pa
     assert "cell 5/5" in res.output
     assert scores(results / "harness.duckdb") == scores(ci_run[0] / "harness.duckdb")
     assert len(list((results / "logs" / "slurm").glob("*/*_log.out"))) == 5  # each array task's own log
+    with store.reader(results / "harness.duckdb") as con:
+        workers, compute, cells = con.execute("SELECT workers, compute_seconds, compute_parts->>'cells' "
+                                              "FROM matrix_runs").fetchone()
+        spans = con.execute("SELECT started_at, finished_at FROM runs").fetchall()
+    # the cells' compute counts (as the cells ran at once, not as the array allowed: submitit's local executor runs
+    # every task of the array at once, so 5 here where --workers allowed 2)
+    at_once = max(sum(s <= t < f for s, f in spans) for t, _ in spans)
+    assert workers == at_once and float(cells) > 0 and compute >= float(cells)
+
+
+def _preempt_a_running_task(results: Path, signalled: list) -> None:
+    """SIGUSR2, the signal Slurm sends before preempting a job, to the first array task found running a cell (its
+    start line names its pid): submitit requeues a task that is not checkpointable, and the task runs again."""
+    starts = results / "logs" / "slurm" / "starts"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for f in sorted(starts.glob("*")) if starts.exists() else []:
+            lines = f.read_text().splitlines()
+            if len(lines) == 1 and not (results / "runs" / f.name).exists():
+                time.sleep(1.0)  # into the cell
+                try:
+                    os.kill(int(lines[0].split()[2]), signal.SIGUSR2)
+                except ProcessLookupError:
+                    continue
+                signalled.append(f.name)
+                return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_requeued_task_is_said_and_its_rows_equal_a_clean_run(ci_run, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("HARNESS_SUBMITIT_CLUSTER", "local")
+    results = fresh_results(ci_run, tmp_path)
+    res, signalled = run_matrix_while(_preempt_a_running_task, results, "slurm")
+    assert signalled and res.exit_code == 0, res.output
+    assert f"({signalled[0]}): Slurm task" in res.output and "started again (start 2" in res.output
+    assert "capacity lost with workers that died" in res.output
+    assert "submitit" not in res.output  # submitit's own messages ("Requeued job ...") are in the log file
+    assert scores(results / "harness.duckdb") == scores(ci_run[0] / "harness.duckdb")
 
 
 @pytest.mark.slow

@@ -9,6 +9,11 @@ records it as failed with `error`).
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -67,11 +72,62 @@ Event = Started | Step | Evaluating | Finished | Note
 
 @dataclass
 class ExecutorInfo:
-    """What the run summary reports about an executor: how many cells it ran at once, and its own overhead parts."""
+    """What the run summary reports about an executor: how many cells it ran at once, its own overhead parts, and
+    the capacity lost with workers that died (a lost node, a preempted task): the work they had done on cells that
+    then ran again, and the time their slots stood empty, in wall seconds (divided by the slots). `loggers`: the
+    engine's Python loggers; an executor with any has its engine's own output kept in RESULTS/logs/<name>.log."""
     name: str
     slots: int = 0
     threads: int = 1
     parts: dict = field(default_factory=dict)
+    lost_seconds: float = 0.0
+    loggers: tuple[str, ...] = ()
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # an in-memory stream (a test's CliRunner)
+        return None
+
+
+@contextmanager
+def engine_output(log: Path, loggers: tuple[str, ...], console):
+    """What an engine prints for itself goes to `log`, not to the user: its Python loggers, sys.stdout and
+    sys.stderr (where Ray's driver prints a dead node's raylet log with its [state-dump] lines, and forwarded worker
+    output) and file descriptors 1 and 2 (the engine's subprocesses, such as sacct's "Slurm accounting storage is
+    disabled"). The rich `console` (the progress view) keeps writing to the user, through a copy of fd 2 when that is
+    where it wrote. Enter it inside a rich Live display: Live's own redirection would print the engine's lines."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the console's own setting (None: whatever sys.stderr is), restored after: pinning the stream it showed would
+    # leave a long-lived console (the CLI's) writing to a stream that is gone
+    old, shown, setting = (sys.stdout, sys.stderr), console.file, console._file
+    kept = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate) for name in loggers}
+    with log.open("a", buffering=1) as f:
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        user = os.fdopen(os.dup(saved[2]), "w", buffering=1) if _fileno(shown) == 2 else None
+        try:
+            for fd in (1, 2):
+                os.dup2(f.fileno(), fd)
+            sys.stdout = sys.stderr = f
+            console.file = user or shown
+            for name in loggers:
+                logging.getLogger(name).handlers = [logging.StreamHandler(f)]
+                logging.getLogger(name).propagate = False
+            yield
+        finally:
+            console.file = setting
+            sys.stdout, sys.stderr = old
+            for fd in (1, 2):
+                os.dup2(saved[fd], fd)
+                os.close(saved[fd])
+            if user:
+                user.close()
+            for name, (handlers, propagate) in kept.items():
+                logging.getLogger(name).handlers = handlers
+                logging.getLogger(name).propagate = propagate
 
 
 class Executor(Protocol):

@@ -125,7 +125,7 @@ class RayExecutor:
         except ImportError:
             raise ExecutorError(INSTALL) from None
         self.opts, self.share = opts, share
-        self.info = ExecutorInfo("ray", 0, threads)
+        self.info = ExecutorInfo("ray", 0, threads, loggers=("ray",))
 
     def _resources(self, jobs: list[Job]) -> tuple[dict, int]:
         """The actor's resource request, and how many actors the cluster fits."""
@@ -165,7 +165,8 @@ class RayExecutor:
         token = uuid.uuid4().hex
         marker = results / f".ray-shared-{token}"
         marker.write_text(token)
-        pool = _Pool(ray.remote(**request)(CellActor), progress, jobs, results, self.opts.retries)
+        pool = _Pool(ray.remote(**request)(CellActor), progress, jobs, results, self.opts.retries,
+                     results / "logs" / "ray.log")  # where the runner keeps Ray's own messages
         try:
             for _ in range(slots):
                 pool.spawn()
@@ -193,6 +194,7 @@ class RayExecutor:
             ray.kill(progress.actor)
             marker.unlink(missing_ok=True)
             self.info.slots = slots
+            self.info.lost_seconds = pool.lost_seconds() / slots
             if started_here:
                 ray.shutdown()
 
@@ -214,24 +216,30 @@ def _connect(address: str | None) -> bool:
 class _Pool:
     """The driver's view of its actors (starting, idle, busy with a cell) and of the cells still to hand out."""
 
-    def __init__(self, remote, progress, jobs: list[Job], results: Path, retries: int):
-        self.remote, self.progress, self.results, self.retries = remote, progress, results, retries
+    def __init__(self, remote, progress, jobs: list[Job], results: Path, retries: int, log: Path):
+        self.remote, self.progress, self.results, self.retries, self.log = remote, progress, results, retries, log
         self.by_id = {j.id: j for j in jobs}
         self.pending = deque(jobs)
         self.starting: dict = {}  # ref of where() -> actor, until the actor is up
         self.names: dict = {}  # actor -> "ray <ip> pid <pid>"
         self.shared: dict = {}  # actor -> sees the results folder
         self.idle: list = []
-        self.busy: dict = {}  # ref of run() -> (actor, job)
+        self.busy: dict = {}  # ref of run() -> (actor, job, when it was handed out)
         self.attempts: dict[str, int] = {}
         self.blobs: dict[str, object] = {}  # input folder -> object ref (only when some actor needs them)
+        self.lost = 0.0  # slot-seconds lost with dead workers: their cells' work so far, their slots' empty time
+        self.down: list[float] = []  # when each worker not yet replaced died
+
+    def lost_seconds(self) -> float:
+        """The lost slot-seconds, counting the slots still empty until now."""
+        return self.lost + sum(time.monotonic() - t for t in self.down)
 
     def spawn(self) -> None:
         actor = self.remote.remote(self.progress)
         self.starting[actor.where.remote()] = actor
 
     def actors(self) -> list:
-        return list(self.starting.values()) + self.idle + [a for a, _ in self.busy.values()]
+        return list(self.starting.values()) + self.idle + [a for a, _, _ in self.busy.values()]
 
     def up(self, ref, marker: Path, token: str, share: bool | None) -> Note | None:
         """An actor has started: idle from now on, knowing whether it sees the results folder. A Note (and another
@@ -247,23 +255,28 @@ class _Pool:
             return Note(f"a Ray worker could not start ({_reason(e)}); starting another")
         self.shared[actor] = sees
         self.idle.append(actor)
+        if self.down:  # a dead worker's slot is filled again
+            self.lost += time.monotonic() - self.down.pop(0)
         return None
 
     def collect(self, ref) -> list[Event]:
         """A cell's run has returned: its folder put in place, or its actor replaced and the cell retried."""
         import ray
 
-        actor, job = self.busy.pop(ref)
+        actor, job, since = self.busy.pop(ref)
         try:
             row, blob = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # the worker died: lost node, OOM, kill -9
+            self.lost += time.monotonic() - since
+            self.down.append(time.monotonic())
             ray.kill(actor)
             self.spawn()  # a replacement; it waits for room on the cluster if the node is gone
             self.attempts[job.id] = self.attempts.get(job.id, 0) + 1
             if self.attempts[job.id] <= self.retries:
                 self.pending.appendleft(job)
                 return [Note(f"cell {job.label} ({job.id}): its Ray worker ({self.names[actor]}) died "
-                             f"({_reason(e)}); retry {self.attempts[job.id]} of {self.retries}")]
+                             f"({_reason(e)}); retry {self.attempts[job.id]} of {self.retries} (Ray's messages: "
+                             f"{self.log})")]
             return [Finished(job, "failed", f"its Ray worker died {self.attempts[job.id]} times; "
                                             f"last: {_reason(e)}", None)]
         except ray.exceptions.RayTaskError as e:  # outside the recipe (which records its own errors)
@@ -290,7 +303,7 @@ class _Pool:
                         self.blobs[rel] = ray.put(_pack(self.results / rel))
                     inputs[rel] = self.blobs[rel]
             ref = actor.run.remote(job, str(self.results) if self.shared[actor] else None, inputs)
-            self.busy[ref] = (actor, job)
+            self.busy[ref] = (actor, job, time.monotonic())
             out.append(Started(job, self.names[actor]))
         return out
 
@@ -302,7 +315,7 @@ class _Pool:
     def drain(self) -> list[Event]:
         """Progress the actors queued since the last look (steps of cells still running)."""
         n = self.progress.qsize()
-        running = {job.id for _, job in self.busy.values()}
+        running = {job.id for _, job, _ in self.busy.values()}
         out: list[Event] = []
         for item in self.progress.get_nowait_batch(n) if n else []:
             if item[1] in running:

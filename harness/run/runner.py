@@ -7,6 +7,7 @@ folder says `ok` (ingesting it first if a kill came between the cell's rename an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from harness import models, store
 from harness.data.build import build, dataset_dir
 from harness.run import cell
-from harness.run.jobs import Executor, Finished
+from harness.run.jobs import Executor, Finished, engine_output
 from harness.run.plan import Plan, clean_partial, default_workers, finished, jobs_for
 from harness.run.progress import ProgressView
 from harness.spec import Run, SpecError
@@ -28,7 +29,8 @@ class RunStats:
     """Where a matrix run's wall time went. Compute is what the cells did (training and evaluation, shared out over
     the workers), pretraining a base, and curation steps that ran models (generation, embeddings, judging); overhead
     is the rest: process start and imports, the data pipeline itself, model loading and encoding, ingest, and
-    workers idle while the last cells finish."""
+    workers idle while the last cells finish. Capacity lost with workers that died (a lost node, a requeued Slurm
+    task: the work done on the cells that ran again, and the slots left empty) is neither, and is reported apart."""
     executor: str = "local"
     cells_run: int = 0
     failed: int = 0
@@ -36,6 +38,7 @@ class RunStats:
     wall_seconds: float = 0.0
     compute: dict = field(default_factory=dict)  # compute parts (seconds of wall time)
     parts: dict = field(default_factory=dict)  # overhead parts (wall-clock seconds)
+    lost_seconds: float = 0.0  # capacity lost with workers that died (wall seconds)
 
     @property
     def compute_seconds(self) -> float:
@@ -43,7 +46,7 @@ class RunStats:
 
     @property
     def overhead_seconds(self) -> float:
-        return max(0.0, self.wall_seconds - self.compute_seconds)
+        return max(0.0, self.wall_seconds - self.compute_seconds - self.lost_seconds)
 
     def line(self) -> str:
         def listed(d: dict) -> str:
@@ -53,7 +56,8 @@ class RunStats:
         compute = listed(self.compute)
         return (f"harness overhead: {self.overhead_seconds:.1f}s of {self.wall_seconds:.1f}s wall ({share:.1%}); "
                 f"compute {self.compute_seconds:.1f}s" + (f" ({compute})" if compute else "")
-                + (f"; of the overhead: {listed(self.parts)}" if listed(self.parts) else ""))
+                + (f"; of the overhead: {listed(self.parts)}" if listed(self.parts) else "")
+                + (f"; capacity lost with workers that died: {self.lost_seconds:.1f}s" if self.lost_seconds else ""))
 
 
 def run_options(p: Plan, executor: str | None = None, **flags) -> Run:
@@ -118,16 +122,22 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     if not todo:
         console.print(f"[green]all {len(p.ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
         return stats
-    _build_inputs(p, set(todo), results, db, stats, console)
-    jobs = jobs_for(p, set(todo), executor.info.threads)
-    console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
-                  f"{opts.executor} executor", highlight=False)
-    _run_jobs(p, executor, jobs, results, db, stats, console)
+    if hasattr(executor, "start"):  # local workers import while the base pretrains and the data builds
+        executor.start(results, len(todo))
+    try:
+        _build_inputs(p, set(todo), results, db, stats, console)
+        jobs = jobs_for(p, set(todo), executor.info.threads)
+        console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
+                      f"{opts.executor} executor", highlight=False)
+        _run_jobs(p, executor, jobs, results, db, stats, console)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
     stats.wall_seconds = time.perf_counter() - t_start
     with store.writer(db) as con:
         store.record_matrix_run(con, p.matrix.name, opts.executor, stats.cells_run, stats.failed, stats.workers,
                                 stats.wall_seconds, stats.compute_seconds, stats.overhead_seconds, stats.parts,
-                                stats.compute)
+                                stats.compute, stats.lost_seconds)
     return stats
 
 
@@ -163,7 +173,11 @@ def _run_jobs(p: Plan, executor: Executor, jobs: list, results: Path, db: Path, 
     """The executor runs the jobs; each finished cell is ingested as it is reported and shown in the progress view."""
     cell_compute = cell_prep = ingest_s = 0.0
     stats.cells_run = len(jobs)
-    with ProgressView(console, len(jobs)) as view:
+    info = executor.info
+    # an engine's own messages (Ray's, submitit's) go to its log file; inside the view: Live would show them
+    engine = engine_output(results / "logs" / f"{info.name}.log", info.loggers, console) if info.loggers \
+        else contextlib.nullcontext()
+    with ProgressView(console, len(jobs)) as view, engine:
         for ev in executor.run(jobs, results):
             if not isinstance(ev, Finished):
                 view.update(ev)
@@ -181,6 +195,7 @@ def _run_jobs(p: Plan, executor: Executor, jobs: list, results: Path, db: Path, 
     stats.workers = max(1, executor.info.slots)
     stats.compute["cells"] = cell_compute / stats.workers
     stats.parts.update(executor.info.parts)
+    stats.lost_seconds = executor.info.lost_seconds
     stats.parts["model load + encode"] = cell_prep / stats.workers
     stats.parts["ingest (overlapped)"] = ingest_s
 

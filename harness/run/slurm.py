@@ -5,6 +5,11 @@ a filesystem the compute nodes share with this machine: the driver polls the arr
 folder (it alone writes the database). submitit's job folder (pickled jobs, each task's stdout and stderr) is
 RESULTS/logs/slurm/. `--dry-run` prints the sbatch script instead of submitting it.
 
+Each task notes its start (RESULTS/logs/slurm/starts/<cell id>: one line per start), so the driver sees when a
+cell runs and when Slurm runs it again (a requeue after preemption, a node failure or `scancel --requeue`), whether
+or not the cluster keeps accounting for sacct. The runner keeps submitit's and sacct's own messages in
+RESULTS/logs/slurm.log.
+
 Without Slurm, HARNESS_SUBMITIT_CLUSTER=local runs the array as real subprocesses on this machine and =debug in this
 process (submitit's own executors; that is how the tests run this path).
 """
@@ -18,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from harness.run.jobs import Event, ExecutorError, ExecutorInfo, Finished, Job, Started
+from harness.run.jobs import Event, ExecutorError, ExecutorInfo, Finished, Job, Note, Started
 from harness.spec import Run
 
 INSTALL = "--executor slurm needs submitit, which is not installed: pip install -e '.[slurm]' (or pip install " \
@@ -30,8 +35,22 @@ def run_cell(job: Job, results: str) -> dict:
     """One array task: the cell recipe, with progress to the task's log."""
     from harness.run.cell import run_job
 
+    starts = _starts_file(Path(results), job)
+    starts.parent.mkdir(parents=True, exist_ok=True)
+    with starts.open("a") as f:  # one line per start: a second one means Slurm ran the task again
+        f.write(f"{time.time()} {os.uname().nodename} {os.getpid()}\n")
     row = run_job(job, Path(results), lambda ev: None)
     return {"status": row["status"], "error": row["error"]}
+
+
+def _starts_file(results: Path, job: Job) -> Path:
+    return results / "logs" / "slurm" / "starts" / job.id
+
+
+def _starts(results: Path, job: Job) -> list[float]:
+    """When each start of the cell's task began (epoch seconds)."""
+    path = _starts_file(results, job)
+    return [float(line.split()[0]) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
 def _reason(e: BaseException) -> str:
@@ -51,7 +70,7 @@ class SlurmExecutor:
         if self.cluster not in ("slurm", "local", "debug"):
             raise ExecutorError(f"HARNESS_SUBMITIT_CLUSTER: expected slurm, local or debug, got {self.cluster!r}")
         self.folder = results.resolve() / "logs" / "slurm"
-        self.info = ExecutorInfo("slurm", 0, threads)
+        self.info = ExecutorInfo("slurm", 0, threads, loggers=("submitit",))
 
     def _parameters(self, jobs: list[Job]) -> dict:
         """sbatch parameters of the array: one task per cell, each with its own GPUs (at least train.devices of them
@@ -90,13 +109,22 @@ class SlurmExecutor:
                              slurm_partition=p["partition"], slurm_account=p["account"],
                              slurm_array_parallelism=p["array_parallelism"])
         submitted = ex.map_array(run_cell, jobs, [str(results.resolve())] * len(jobs))
-        self.info.slots = min(p["array_parallelism"], len(jobs))
         waiting = list(zip(jobs, submitted))
-        running: set[str] = set()
+        starts: dict[str, list[float]] = {}
+        lost, peak = 0.0, 1
         while waiting:
             for job, sj in list(waiting):
-                if job.id not in running and (sj.done() or sj.state == "RUNNING"):
-                    running.add(job.id)
+                now = _starts(results, job)
+                if len(now) > len(starts.get(job.id, [])):
+                    if job.id not in starts:
+                        yield Started(job, f"slurm {sj.job_id}")
+                    else:  # the earlier starts' work is lost
+                        lost += now[-1] - starts[job.id][-1]
+                        yield Note(f"cell {job.label} ({job.id}): Slurm task {sj.job_id} started again (start "
+                                   f"{len(now)}: requeued after preemption, a node failure or scancel --requeue)")
+                    starts[job.id] = now
+                elif job.id not in starts and sj.done():  # ended before its cell began (e.g. cancelled)
+                    starts[job.id] = []
                     yield Started(job, f"slurm {sj.job_id}")
                 if not sj.done():
                     continue
@@ -113,5 +141,9 @@ class SlurmExecutor:
                                    f"results folder (--results) must be on a filesystem every node shares", None)
                     continue
                 yield Finished(job, out["status"], out["error"], folder)
+            # cells at once, as Slurm ran them (the array may allow more than the cluster has room for)
+            peak = max(peak, sum(job.id in starts for job, _ in waiting))
+            self.info.slots = peak
+            self.info.lost_seconds = lost / peak
             if waiting:
                 time.sleep(POLL_S)

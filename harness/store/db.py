@@ -148,6 +148,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         run_id VARCHAR, example_id VARCHAR, action VARCHAR, tokens INTEGER, trained_tokens INTEGER,
         trained_tokens_lost INTEGER);
     """),
+    ("matrix run: capacity lost", """
+    -- capacity lost with workers that died (a lost Ray node, a requeued Slurm task): work on cells that ran again and
+    -- slots left empty, in wall seconds; neither compute nor overhead
+    ALTER TABLE matrix_runs ADD COLUMN lost_seconds DOUBLE;
+    """),
 ]
 
 
@@ -323,12 +328,13 @@ def cell_scores(con, run_id: str) -> tuple[float | None, float | None]:
 
 
 def record_matrix_run(con, matrix: str, executor: str, cells_run: int, failed: int, workers: int, wall: float,
-                      compute: float, overhead: float, overhead_parts: dict, compute_parts: dict) -> None:
+                      compute: float, overhead: float, overhead_parts: dict, compute_parts: dict,
+                      lost: float = 0.0) -> None:
     con.execute("INSERT INTO matrix_runs (matrix, finished_at, cells_run, failed, workers, wall_seconds, "
-                "compute_seconds, overhead_seconds, overhead_parts, compute_parts, executor) "
-                "VALUES (?, current_timestamp, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "compute_seconds, overhead_seconds, overhead_parts, compute_parts, executor, lost_seconds) "
+                "VALUES (?, current_timestamp, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [matrix, cells_run, failed, workers, wall, compute, overhead, json.dumps(overhead_parts),
-                 json.dumps(compute_parts), executor])
+                 json.dumps(compute_parts), executor, lost])
 
 
 def summary_rows(db: Path, matrix: str) -> tuple[list[str], list[tuple]]:

@@ -1,6 +1,7 @@
 """Helpers shared by several test modules: rows for curation steps, results-database reads, CLI error checks."""
 
 import sys
+import threading
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -51,3 +52,16 @@ def run_without_extra(monkeypatch, tmp_path: Path, module: str, executor: str) -
     monkeypatch.setitem(sys.modules, module, None)
     res = cli.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", executor, "--results", str(tmp_path)])
     return one_line_error(res)
+
+
+def run_matrix_while(action, results: Path, executor: str):
+    """`matrix run` of the CI matrix on `executor` while `action(results, hit)` runs in a thread (it kills or signals
+    something mid-run and appends what it hit to the list `hit`); returns the CLI result and `hit`."""
+    hit: list = []
+    thread = threading.Thread(target=action, args=(results, hit))
+    thread.start()
+    try:
+        res = cli.invoke(app, ["matrix", "run", str(CI_MATRIX), "--executor", executor, "--results", str(results)])
+    finally:
+        thread.join()
+    return res, hit
