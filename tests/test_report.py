@@ -218,3 +218,29 @@ def test_report_renders_in_chromium(chromium, syn, ci_run, tmp_path):
     assert runner.invoke(app, ["report", "ci", "--results", str(results), "-o", str(out)]).exit_code == 0
     page = _render(chromium, out)
     assert page["errors"] == [] and page["rendered"] == str(len(CHARTS)) and all(page["marks"].values()), page
+
+
+def test_corrections_are_statsmodels_within_each_family(syn):
+    """Holm over the primary family only (learn and forget x curated vs its controls per method, full vs LoRA per
+    arm), Benjamini-Hochberg over the exploratory rest: both equal statsmodels' multipletests on those rows."""
+    from statsmodels.stats.multitest import multipletests
+
+    db, html = syn
+    rows = _rows(db, "SELECT * FROM stat_comparisons")
+    prim = [r for r in rows if r["family"] == "primary"]
+    expl = [r for r in rows if r["family"] == "exploratory"]
+    # demo layout: curated vs random and vs bulk (2 x 2 methods) + full vs lora on 3 arms = 7 contrasts x 2 metrics
+    assert len(prim) == 14 and {r["metric"] for r in prim} == {"learn", "forget"}
+    assert not any(r["a_arm"] == "random" and r["kind"] == "arms" for r in prim)  # random vs bulk: exploratory
+    np.testing.assert_allclose([r["p_holm"] for r in prim],
+                               multipletests([r["p_value"] for r in prim], method="holm")[1])
+    np.testing.assert_allclose([r["q_bh"] for r in expl],
+                               multipletests([r["p_value"] for r in expl], method="fdr_bh")[1])
+    assert all(r["q_bh"] is None or np.isnan(r["q_bh"]) for r in prim)
+    assert all(r["significant"] == (r["p_holm"] < 0.05) for r in prim)
+    assert all(r["significant"] == (r["q_bh"] < 0.05) for r in expl)
+    family = _rows(db, "SELECT family FROM stat_params")[0]["family"]
+    assert family.startswith("primary family: 14 comparisons = 2 metrics (learn, forget) x 7 contrasts")
+    import html as html_
+
+    assert html_.escape(family, quote=False) in html.read_text()

@@ -128,3 +128,20 @@ def test_baseline_verdicts_pick_the_matched_baseline_of_each_curated_arm():
     rows = {(r["what"], r["baseline"]): r["verdict"] for r in report.baseline_rows(runs, cmp)}
     assert rows[("m full: cur", "length-matched random (len-cur)")] == "does not beat it"
     assert rows[("m full: cur", "longest (long)")] == "beats it" and len(rows) == 5
+
+
+def test_the_primary_family_of_the_presets():
+    """curated vs each control made for it or for no arm, per method; full vs LoRA per arm; learn and forget."""
+    from harness.spec import load_matrix
+
+    demo = stats.of_matrix(load_matrix("demo"))
+    assert demo.size() == 14  # 2 metrics x (2 pairs x 2 methods + 1 pair x 3 arms)
+    assert demo.primary("arms", "curated", "bulk", "learn") and demo.primary("arms", "random", "curated", "forget")
+    assert not demo.primary("arms", "random", "bulk", "learn") and not demo.primary("arms", "curated", "bulk",
+                                                                                   "skills_arith")
+    assert demo.primary("methods", "full", "lora", "learn")
+    qq = load_matrix("quality-vs-quantity")
+    arms = stats.arms_from_spec(qq)
+    assert stats.controls(arms, "best-of-k") == ["bulk-1k", "bulk-4k", "bulk-16k", "longest-1k",
+                                                        "random-like-best-of-k", "length-like-best-of-k"]
+    assert [a for a, i in arms.items() if i.dose] == ["bulk-1k", "bulk-4k", "bulk-16k"]

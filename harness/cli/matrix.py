@@ -40,6 +40,22 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
     out.print("[bold]matched between cells[/]")
     for line in matched_description(p.matrix):
         out.print(f"  {line}", highlight=False)
+    out.print("[bold]analysis[/] (the matrix's `analysis:` section)")
+    for line in family_lines(p.matrix):
+        out.print(f"  {line}", highlight=False)
+
+
+def family_lines(m) -> list[str]:
+    """The primary family and the exchange rate the report will compute, before anything runs."""
+    from harness.analysis import stats
+
+    fam = stats.of_matrix(m)
+    lines = [fam.describe(len(m.models))]
+    dose = [a for a, i in stats.arms_from_spec(m).items() if i.dose]
+    if m.analysis.exchange and len(dose) >= 2:
+        lines.append(f"exchange rate on {m.analysis.exchange}: each curated arm against the bulk series "
+                     f"{', '.join(dose)} (score vs ln(examples), inverted)")
+    return lines
 
 
 def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
