@@ -244,3 +244,33 @@ def test_corrections_are_statsmodels_within_each_family(syn):
     import html as html_
 
     assert html_.escape(family, quote=False) in html.read_text()
+
+
+# curated (802 examples) against bulk at 1k, 4k and 16k examples whose chance of a right answer rises by 0.1 per
+# 4x examples: 0.5 + 0.1 log4(n / 1000). Curated at 0.65 is worth bulk at 1000 x 4^1.5 = 8,000 examples.
+DOSE = {"curated": synthetic_db.ARMS["curated"][:3] + (0.65, 0.02, 0.05),
+        "b-1k": ("random control", [["random", {"n": 1000}]], 1000, 0.50, 0.06, 0.15),
+        "b-4k": ("random control", [["random", {"n": 4000}]], 4000, 0.60, 0.06, 0.15),
+        "b-16k": ("bulk", [], 16000, 0.70, 0.06, 0.15)}
+
+
+def test_the_exchange_rate_recovers_a_planted_one(tmp_path):
+    db = synthetic_db.build(tmp_path / "dose.duckdb", seeds=3, docs=150, arms=DOSE)
+    with duckdb.connect(str(db)) as con:  # cost: $0.01 per training run; curated pays $0.05 for its curation
+        con.execute("UPDATE runs SET cost_usd = 0.01 WHERE kind = 'sft'")
+        con.execute("UPDATE datasets SET cost_usd = CASE WHEN dataset_id = 'ds-curated' THEN 0.05 ELSE 0 END")
+    res = runner.invoke(app, ["report", "--db", str(db), "-o", str(tmp_path / "dose.html")])
+    assert res.exit_code == 0, res.output
+    ex = {r["method"]: r for r in _rows(db, "SELECT * FROM stat_exchange")}
+    assert set(ex) == {"full", "lora"}
+    for r in ex.values():
+        assert r["arm"] == "curated" and json.loads(r["bulk_sizes"]) == [1000, 4000, 16000]
+        assert r["status"] == "within" and r["ci_low"] < 8000 < r["ci_high"] and 4000 < r["equiv_examples"] < 16000
+        assert r["statement"].startswith("curated (802 examples) scores like bulk with ")
+        assert r["arm_cost_usd"] == pytest.approx(0.06) and r["bulk_cost_usd"] == pytest.approx(0.01)
+    page = (tmp_path / "dose.html").read_text()
+    assert 'id="exchange-table"' in page and 'data-chart="exchange"' in page
+    # beyond the sizes tried it is said to be, not extrapolated into a number
+    out = stats.exchange_statement("c", 802, "above", 9e4, 3e4, 4e5, 1000, 16000)
+    assert out == "c (802 examples) scores like more than the largest bulk size tried (16,000); 95% interval " \
+                  "[> 16,000, > 16,000]"

@@ -243,19 +243,20 @@ def exchange(f: Frames) -> dict | None:
         cur = e[["arm", "value", "equiv_examples", "ci_low", "ci_high", "statement"]].copy()
         for c in ("equiv_examples", "ci_low", "ci_high"):
             cur[c] = cur[c].clip(lower=min(sizes) / 4, upper=4 * max(sizes))
-        x = alt.X("examples:Q", scale=alt.Scale(type="log"), title="bulk training examples (log scale)")
-        y = alt.Y("value:Q", title=f"{metric} (arm mean over seeds)", scale=alt.Scale(zero=False))
+        xt, yt = "bulk training examples (log scale)", f"{metric} (arm mean over seeds)"
+        x = alt.X("examples:Q", scale=alt.Scale(type="log"), title=xt)
+        y = alt.Y("value:Q", title=yt, scale=alt.Scale(zero=False))
         dots = alt.Chart(f.data(f"ex_bulk_{method}", pts))
         cur_c = alt.Chart(f.data(f"ex_cur_{method}", cur))
         panels.append(alt.layer(
             alt.Chart(f.data(f"ex_fit_{method}", line)).mark_line(color="#d95f02").encode(x=x, y=y),
-            dots.mark_errorbar(ticks=True, color="#d95f02").encode(x=x, y=alt.Y("lo:Q", title=None), y2="hi:Q"),
+            dots.mark_errorbar(ticks=True, color="#d95f02").encode(x=x, y=alt.Y("lo:Q", title=yt), y2="hi:Q"),
             dots.mark_point(filled=True, size=70, color="#d95f02").encode(
                 x=x, y=y, tooltip=["arm:N", "examples:Q", alt.Tooltip("value:Q", format=".3f")]),
-            cur_c.mark_errorbar(ticks=True).encode(x=alt.X("ci_low:Q", title=None), x2="ci_high:Q", y="value:Q",
+            cur_c.mark_errorbar(ticks=True).encode(x=alt.X("ci_low:Q", title=xt), x2="ci_high:Q", y="value:Q",
                                                     color=alt.Color("arm:N", title="curated arm")),
             cur_c.mark_point(filled=True, size=110, shape="diamond").encode(
-                x=alt.X("equiv_examples:Q", title=None), y="value:Q", color="arm:N",
+                x=alt.X("equiv_examples:Q", title=xt), y="value:Q", color="arm:N",
                 tooltip=["statement:N"]))
             .properties(title=f"{method}", width=320, height=260))
     return f.spec(alt.hconcat(*panels))

@@ -83,7 +83,8 @@ class Family:
         contrasts = sum(k for _, k in self.parts)
         parts = "; ".join(f"{what}: {k}" for what, k in self.parts if k) or "none"
         models = f" x {n_models} models" if n_models > 1 else ""
-        return (f"primary family: {n} comparisons = {len(self.metrics)} metrics ({', '.join(self.metrics)}) x "
+        k = len(self.metrics)
+        return (f"primary family: {n} comparisons = {k} metric{'s' * (k > 1)} ({', '.join(self.metrics)}) x "
                 f"{contrasts} contrasts ({parts}){models}; Holm-corrected (family-wise error <= alpha). "
                 f"Every other comparison is exploratory: Benjamini-Hochberg (false discovery rate)")
 
@@ -91,6 +92,7 @@ class Family:
 def primary_family(analysis: Analysis, arms: dict[str, ArmInfo], methods: dict[str, str]) -> Family:
     """The primary family of a matrix with these arms and methods (label -> kind: full | lora)."""
     arm_pairs, method_pairs, parts = set(), set(), []
+    named_arms, named_methods = set(), set()
     for c in analysis.contrasts:
         if c == "curated-vs-controls":
             new = {frozenset((cur, x)) for cur, i in arms.items() if i.role == "curated" for x in controls(arms, cur)}
@@ -104,11 +106,15 @@ def primary_family(analysis: Analysis, arms: dict[str, ArmInfo], methods: dict[s
         else:
             a, b = (x.strip() for x in c.split(" vs "))
             if a in arms and b in arms:
-                arm_pairs.add(frozenset((a, b)))
-                parts.append((f"{a} vs {b}, per method", len(methods)))
+                named_arms.add(frozenset((a, b)))
             elif a in methods and b in methods:
-                method_pairs.add(frozenset((a, b)))
-                parts.append((f"{a} vs {b}, per arm", len(arms)))
+                named_methods.add(frozenset((a, b)))
+    for named, pairs, per, n in ((named_arms, arm_pairs, "method", len(methods)),
+                                 (named_methods, method_pairs, "arm", len(arms))):
+        if named:
+            what = " vs ".join(sorted(next(iter(named)))) if len(named) == 1 else f"{len(named)} named pairs"
+            parts.append((f"{what}, per {per}", len(named) * n))
+            pairs |= named
     # a pair named twice (a keyword and by name) counts once
     n_arm, n_method = len(arm_pairs) * len(methods), len(method_pairs) * len(arms)
     if sum(n for _, n in parts) != n_arm + n_method:
