@@ -45,6 +45,23 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
         out.print(f"  {line}", highlight=False)
 
 
+def _print_verdicts(path: Path, m) -> None:
+    """The primary family's verdicts (the numbers `harness report` shows, from the same analysis)."""
+    from harness import store
+    from harness.analysis import stats
+
+    with store.reader(path) as con:
+        s = stats.load(con, m.name)
+    if (s.runs["kind"] == "sft").sum() < 2:
+        return
+    t = stats.analyse(s, stats.Options(), m.analysis)
+    rows = stats.primary_verdicts(t.comparisons)
+    if rows:
+        print_table(stats.VERDICT_COLUMNS, rows, title=f"verdicts: {t.family}")
+    for e in [] if t.exchange is None else t.exchange.itertuples():
+        out.print(f"exchange rate, {e.model} {e.method}: {e.statement}", highlight=False)
+
+
 def family_lines(m) -> list[str]:
     """The primary family and the exchange rate the report will compute, before anything runs."""
     from harness.analysis import stats
@@ -97,6 +114,7 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     cols, rows = store.summary_rows(path, p.matrix.name)
     print_table(cols, rows, title=f"summary of {p.matrix.name} (learn: mean exact match on learn tasks; "
                                   f"forget: relative loss of the base's forget-task scores)")
+    _print_verdicts(path, p.matrix)
     if stats.cells_run:
         out.print(stats.line(), highlight=False)
     out.print(f"database: {path.resolve()}  ({time.perf_counter() - t0:.1f}s)", highlight=False)

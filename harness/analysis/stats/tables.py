@@ -255,6 +255,23 @@ def exchange_statement(arm: str, examples: float, status: str, n: float, lo: flo
     return f"{head} bulk with {n:,.0f} examples; {ci}"
 
 
+VERDICT_COLUMNS = ["comparison", "metric", "diff a - b [95% CI]", "p", "p (Holm)", "verdict"]
+
+
+def primary_verdicts(cmp: pd.DataFrame) -> list[tuple]:
+    """The primary family's rows in words (`harness matrix run` prints them): which one is better, significantly
+    after Holm, or that no difference was shown."""
+    rows = []
+    for c in cmp[cmp["family"] == "primary"].itertuples():
+        a, b, within = (c.a_arm, c.b_arm, c.a_method) if c.kind == "arms" else (c.a_method, c.b_method, c.a_arm)
+        winner = a if c.better == "a" else b
+        verdict = f"{winner} better" if c.significant else "no difference shown"
+        rows.append((f"{c.model} {within}: {a} vs {b}", c.metric,
+                     f"{c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]", f"{c.p_value:.2g}", f"{c.p_holm:.2g}",
+                     verdict))
+    return rows
+
+
 def _baselines_of(runs: pd.DataFrame) -> dict[tuple, list[str]]:
     """(model, method, curated arm, baseline role) -> the baseline arms it is judged against: those made for it
     (`like: ARM`), else those made for no arm, the one nearest in size (examples trained on)."""
