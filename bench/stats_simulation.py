@@ -9,7 +9,8 @@ default below. Per task:
   binary scores (exact match, accuracy): P(right) = sigmoid(b_e + o_r [+ effect]), with b_e the example's logit
     (fitted: the smoothed logit of its mean score over the matrix's trained runs, (k + 0.5) / (R + 1)) and o_r the
     run's offset ~ N(0, run_sd) (fitted: each run's offset solved from its mean score; run_sd their pooled standard
-    deviation within (method, arm), i.e. between seeds);
+    deviation within (method, arm), i.e. between seeds); the level is that of the best-scoring method's arms (their
+    mean offset: the arms of the method whose effects the simulation speaks of, not a mix of methods far apart);
   continuous scores (bits per byte, weighted by bytes): y = m_e + o_r + N(0, noise_sd), m_e the example's mean.
 A simulated matrix draws its examples afresh from the fitted ones (with replacement, as many as the task has): the
 population the bootstrap over examples speaks of. Run offsets are independent across runs (the harness pairs runs
@@ -103,10 +104,17 @@ def _pooled_sd(offsets: np.ndarray, groups: np.ndarray) -> float:
     return float(np.sqrt(ss / df)) if df > 0 else 0.0
 
 
+def _level(offsets: np.ndarray, methods: np.ndarray, higher_is_better: bool) -> float:
+    """The mean offset of the runs of the best-scoring method."""
+    means = {m: offsets[methods == m].mean() for m in np.unique(methods)}
+    return float(max(means.values()) if higher_is_better else min(means.values()))
+
+
 def fit(s: stats.Scores) -> Model:
     """The model fitted to a matrix's trained runs (see the module docstring)."""
     sft = s.runs[s.runs["kind"] == "sft"]
     rows, groups = sft["row"].to_numpy(), (sft["method"] + "/" + sft["arm"]).to_numpy()
+    methods = sft["method"].to_numpy()
     tasks = []
     for t in s.tasks.values():
         x = t.scores[rows]
@@ -114,14 +122,15 @@ def fit(s: stats.Scores) -> Model:
             k, r = np.nansum(x, axis=0), np.sum(~np.isnan(x), axis=0)
             b = logit((k + 0.5) / (r + 1))
             offsets = np.array([_offset(b, np.nanmean(row)) for row in x])
-            tasks.append(TaskModel(t.name, t.group, t.metric, t.higher_is_better, list(b + offsets.mean()),
-                                   _pooled_sd(offsets, groups)))
+            tasks.append(TaskModel(t.name, t.group, t.metric, t.higher_is_better,
+                                   list(b + _level(offsets, methods, True)), _pooled_sd(offsets, groups)))
         else:
             m = np.nanmean(x, axis=0)
             w = np.ones(len(m)) if t.weights is None else t.weights
             offsets = np.array([np.average(np.nan_to_num(row - m), weights=w) for row in x])
             resid = x - m - offsets[:, None]
-            tasks.append(TaskModel(t.name, t.group, t.metric, t.higher_is_better, list(m + offsets.mean()),
+            tasks.append(TaskModel(t.name, t.group, t.metric, t.higher_is_better,
+                                   list(m + _level(offsets, methods, t.higher_is_better)),
                                    _pooled_sd(offsets, groups), float(np.nanstd(resid, ddof=1)), list(map(float, w))))
     return Model(f"fitted to {len(sft)} trained runs of matrix {s.matrix}", tasks)
 
