@@ -17,8 +17,13 @@ population the bootstrap over examples speaks of. Run offsets are independent ac
 by seed; with no shared seed effect pairing gains nothing: the conservative case).
 
     python bench/stats_simulation.py                                  # the parametric default, 200 matrices each
-    python bench/stats_simulation.py --db results/harness.duckdb --matrix demo --save bench/stats_model_demo.json
-    python bench/stats_simulation.py --model bench/stats_model_demo.json --matrices 200
+    python bench/stats_simulation.py --model bench/stats_model_mini_demo.json   # fitted to 12 real micro-base runs
+    python bench/stats_simulation.py --db results/harness.duckdb --matrix demo --save my_model.json  # your runs
+
+bench/stats_model_mini_demo.json was fitted to the 12 trained runs of bench/matrices/mini-demo.yaml (the demo's
+design, full FT and LoRA x curated / random control / bulk x 2 seeds, on the micro base: 1,500 steps on a pool of
+words and format questions with its defects), evaluated on skills_words, skills_format (32 examples each) and
+prose_bpb (23).
 """
 
 from __future__ import annotations
