@@ -100,13 +100,15 @@ def _offset(b: np.ndarray, target: float) -> float:
     return (lo + hi) / 2
 
 
-def _pooled_sd(offsets: np.ndarray, groups: np.ndarray) -> float:
-    """The standard deviation of the offsets within groups (between seeds of one method x arm), pooled."""
+def _pooled_sd(offsets: np.ndarray, groups: np.ndarray, sampling_var: np.ndarray) -> float:
+    """The standard deviation of the run offsets within groups (between seeds of one method x arm), pooled, less
+    the part an offset estimated from a finite set of examples shows anyway (its sampling variance; floored at 0).
+    Without it, 32 examples' binomial noise (~0.4 logit) would pass for seed-to-seed variation."""
     ss, df = 0.0, 0
     for g in np.unique(groups):
         x = offsets[groups == g]
         ss, df = ss + float(((x - x.mean()) ** 2).sum()), df + len(x) - 1
-    return float(np.sqrt(ss / df)) if df > 0 else 0.0
+    return float(np.sqrt(max(ss / df - float(np.mean(sampling_var)), 0.0))) if df > 0 else 0.0
 
 
 def _level(offsets: np.ndarray, methods: np.ndarray, higher_is_better: bool) -> float:
@@ -127,16 +129,20 @@ def fit(s: stats.Scores) -> Model:
             k, r = np.nansum(x, axis=0), np.sum(~np.isnan(x), axis=0)
             b = logit((k + 0.5) / (r + 1))
             offsets = np.array([_offset(b, np.nanmean(row)) for row in x])
+            # the sampling variance of an offset fitted to n Bernoulli scores: 1 / Fisher information
+            info = np.array([np.sum(expit(b + o) * (1 - expit(b + o))) for o in offsets])
             tasks.append(TaskModel(t.name, t.group, t.metric, t.higher_is_better,
-                                   list(b + _level(offsets, methods, True)), _pooled_sd(offsets, groups)))
+                                   list(b + _level(offsets, methods, True)), _pooled_sd(offsets, groups, 1 / info)))
         else:
             m = np.nanmean(x, axis=0)
             w = np.ones(len(m)) if t.weights is None else t.weights
             offsets = np.array([np.average(np.nan_to_num(row - m), weights=w) for row in x])
             resid = x - m - offsets[:, None]
+            noise = float(np.nanstd(resid, ddof=1))
+            sampling = noise ** 2 * np.sum(w ** 2) / np.sum(w) ** 2  # of a weighted mean of n noisy values
             tasks.append(TaskModel(t.name, t.group, t.metric, t.higher_is_better,
                                    list(m + _level(offsets, methods, t.higher_is_better)),
-                                   _pooled_sd(offsets, groups), float(np.nanstd(resid, ddof=1)), list(map(float, w))))
+                                   _pooled_sd(offsets, groups, np.array([sampling])), noise, list(map(float, w))))
     return Model(f"fitted to {len(sft)} trained runs of matrix {s.matrix}", tasks)
 
 
