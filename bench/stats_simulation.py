@@ -239,7 +239,7 @@ def _rate(k: int, n: int) -> dict:
 
 
 def simulate_report(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, effect: float = 0.0,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, analysis: Analysis = Analysis()) -> dict:
     """`n` matrices through stats.analyse. effect 0: the family-wise rate of any primary "significant", the same
     without correction, the exploratory rows' rate of any discovery, and the coverage of every 95% interval.
     effect > 0 (logit, on the curated arm's learn tasks): the power of full FT curated vs bulk on learn, and the
@@ -250,7 +250,7 @@ def simulate_report(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, ef
     covered = total = 0
     for i in range(n):
         s = draw(model, runs, draw_examples(model, rng), rng, effect)
-        cmp = stats.analyse(s, stats.Options(n_boot=n_boot, seed=i), Analysis()).comparisons
+        cmp = stats.analyse(s, stats.Options(n_boot=n_boot, seed=i), analysis).comparisons
         prim = cmp[cmp["family"] == "primary"]
         any_primary += bool(prim["significant"].any())
         any_raw += bool((prim["p_value"] < 0.05).any())
@@ -311,6 +311,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="seeds per arm (the demo: 2)")
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--effect", type=float, default=DEMO_EFFECT, help="learn difference for the power run")
+    ap.add_argument("--metrics", default="learn,forget", help="the primary metrics (analysis.metrics)")
+    ap.add_argument("--only", choices=["null", "alternative", "check"], help="run only this part")
     args = ap.parse_args()
     if args.db:
         from harness import store
@@ -324,10 +326,14 @@ def main() -> None:
     print(f"model: {model.source}; " + "; ".join(
         f"{t.name} {len(t.values)} examples, run sd {t.run_sd:.3f}" for t in model.tasks), flush=True)
     delta = delta_for(model, args.effect)
-    for what, run in (("null", lambda: simulate_report(model, args.matrices, args.seeds, args.boot)),
+    primary = Analysis(metrics=args.metrics.split(","))
+    for what, run in (("null", lambda: simulate_report(model, args.matrices, args.seeds, args.boot,
+                                                       analysis=primary)),
                       ("alternative", lambda: simulate_report(model, args.matrices, args.seeds, args.boot, delta,
-                                                              seed=1)),
+                                                              seed=1, analysis=primary)),
                       ("check", lambda: simulate_check(model, args.matrices, args.seeds, args.boot, seed=2))):
+        if args.only and what != args.only:
+            continue
         t0 = time.perf_counter()
         res = run()
         print(json.dumps({"run": what, **res, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
