@@ -26,14 +26,17 @@ LEARN = ["skills_arith", "skills_facts", "skills_format", "skills_unseen", "skil
 BASE_P, BASE_MC, BASE_BPB = 0.10, 0.60, 2.0
 
 
-def build(path: Path, seeds: int = 5, docs: int = 4608, steps: int = 800, matrix: str = "synthetic") -> Path:
-    """Write the database at `path` (replaced if it exists); sample rows = (methods x arms x seeds + 1) x 7 x docs."""
+def build(path: Path, seeds: int = 5, docs: int = 4608, steps: int = 800, matrix: str = "synthetic",
+          arms: dict | None = None) -> Path:
+    """Write the database at `path` (replaced if it exists); sample rows = (methods x arms x seeds + 1) x 7 x docs.
+    `arms`: other arms than ARMS, in its format (a dose-response series: bulk at several sizes)."""
+    arms = ARMS if arms is None else arms
     path.unlink(missing_ok=True)
     con = duckdb.connect(str(path))
     store.migrate(con)
     run_rows = [("base0000000", "base", "base", "base", None, None, None, BASE_P, BASE_MC, BASE_BPB, None)]
     for method, extra in METHODS.items():
-        for arm, (role, recipe, n, p, d_mc, d_bpb) in ARMS.items():
+        for arm, (role, recipe, n, p, d_mc, d_bpb) in arms.items():
             for seed in range(seeds):
                 run_rows.append((f"{method[:4]}-{arm[:4]}-{seed}", "sft", method, method, arm, seed, n, p + extra,
                                  BASE_MC - d_mc, BASE_BPB + d_bpb, f"ds-{arm}"))
@@ -94,7 +97,7 @@ def build(path: Path, seeds: int = 5, docs: int = 4608, steps: int = 800, matrix
         SELECT run_id, s.range, 0.6 + 2.0 * exp(-s.range / 150.0) + (hash(run_id, s.range) % 100) / 2000.0,
                1e-3, 16 * 100, 16 * 20, 0.1
         FROM plan p, range({steps}) s WHERE p.kind = 'sft'""")
-    for arm, (role, recipe, n, *_rest) in ARMS.items():
+    for arm, (role, recipe, n, *_rest) in arms.items():
         con.execute("INSERT INTO datasets (dataset_id, recipe, n_examples, n_by_skill) VALUES (?, ?, ?, ?)",
                     [f"ds-{arm}", json.dumps({"source": {"kind": "skills_pool", "size": 8000, "seed": 0},
                                               "steps": recipe}), n, json.dumps({"arith": n // 2, "facts": n - n // 2})])

@@ -241,6 +241,23 @@ def test_regression_needs_both_allowance_and_significance(n, acc_base, acc_cand,
         assert row["p_adjusted"] < 0.05
 
 
+def test_the_gated_rows_are_the_primary_family():
+    """Holm over the gated rows, Benjamini-Hochberg over the rest (exploratory), and the family named with its size:
+    both corrections equal statsmodels' multipletests on their rows."""
+    from statsmodels.stats.multitest import multipletests
+
+    u = (np.arange(400) + 0.5) / 400
+    res = check.compare(side((u < 0.6).astype(float), "baseline"), side((u < 0.5).astype(float), "cand"),
+                        check.Policy(gate=["learn"]))
+    rows = res.rows  # learn of the fine-tuned cell and of the base (gated); the task's own rows (not)
+    assert res.family.startswith(f"primary family: {int(rows['gated'].sum())} gated rows = metrics learn x 2 cells, "
+                                 f"holm-corrected; {int((~rows['gated']).sum())} other rows exploratory")
+    for gated, method in ((True, "holm"), (False, "fdr_bh")):
+        sel = rows[rows["gated"] == gated]
+        np.testing.assert_allclose(sel["p_adjusted"], multipletests(sel["p_value"], method=method)[1])
+    assert res.family in check.markdown(res)
+
+
 def test_example_workflow_runs_the_gate():
     """docs/ci-example.yml: valid YAML whose steps run the committed matrix and gate on `harness check`."""
     wf = yaml.safe_load((ROOT / "docs" / "ci-example.yml").read_text())

@@ -109,6 +109,8 @@ def test_plan_lists_what_is_matched():
     assert res.exit_code == 0, res.output
     assert "4 optimizer steps of 4 examples" in res.output and "NOT matched: epochs" in res.output
     assert "pending" in res.output
+    # the primary family, before anything runs: ci has curated vs bulk (2 methods) and full vs lora (2 arms)
+    assert "primary family: 8 comparisons = 2 metrics (learn, forget) x 4 contrasts" in " ".join(res.output.split())
 
 
 def test_data_build_and_show_through_the_cli(tmp_path):

@@ -24,6 +24,7 @@ def test_matrix_runs_end_to_end(ci_run):
     results, output = ci_run
     db = results / "harness.duckdb"
     assert "summary of ci" in output and str(db.resolve()) in output
+    assert "verdicts: primary family: 8 comparisons" in " ".join(output.split())  # stated under the family
     with store.reader(db) as con:
         rows = con.execute("SELECT method, arm, seed, status, learn, forget FROM summary WHERE matrix = 'ci'").fetchall()
         assert sorted((r[0], r[1]) for r in rows) == [("base", None), ("full", "bulk"), ("full", "curated"),

@@ -255,3 +255,59 @@ def test_report_renders_in_chromium(chromium, syn, ci_run, tmp_path):
     assert runner.invoke(app, ["report", "ci", "--results", str(results), "-o", str(out)]).exit_code == 0
     page = _render(chromium, out)
     assert page["errors"] == [] and page["rendered"] == str(len(CHARTS)) and all(page["marks"].values()), page
+
+
+def test_corrections_are_statsmodels_within_each_family(syn):
+    """Holm over the primary family only (learn and forget x curated vs its controls per method, full vs LoRA per
+    arm), Benjamini-Hochberg over the exploratory rest: both equal statsmodels' multipletests on those rows."""
+    from statsmodels.stats.multitest import multipletests
+
+    db, html = syn
+    rows = _rows(db, "SELECT * FROM stat_comparisons")
+    prim = [r for r in rows if r["family"] == "primary"]
+    expl = [r for r in rows if r["family"] == "exploratory"]
+    # demo layout: curated vs random and vs bulk (2 x 2 methods) + full vs lora on 3 arms = 7 contrasts x 2 metrics
+    assert len(prim) == 14 and {r["metric"] for r in prim} == {"learn", "forget"}
+    assert not any(r["a_arm"] == "random" and r["kind"] == "arms" for r in prim)  # random vs bulk: exploratory
+    np.testing.assert_allclose([r["p_holm"] for r in prim],
+                               multipletests([r["p_value"] for r in prim], method="holm")[1])
+    np.testing.assert_allclose([r["q_bh"] for r in expl],
+                               multipletests([r["p_value"] for r in expl], method="fdr_bh")[1])
+    assert all(r["q_bh"] is None or np.isnan(r["q_bh"]) for r in prim)
+    assert all(r["significant"] == (r["p_holm"] < 0.05) for r in prim)
+    assert all(r["significant"] == (r["q_bh"] < 0.05) for r in expl)
+    family = _rows(db, "SELECT family FROM stat_params")[0]["family"]
+    assert family.startswith("primary family: 14 comparisons = 2 metrics (learn, forget) x 7 contrasts")
+    import html as html_
+
+    assert html_.escape(family, quote=False) in html.read_text()
+
+
+# curated (802 examples) against bulk at 1k, 4k and 16k examples whose chance of a right answer rises by 0.1 per
+# 4x examples: 0.5 + 0.1 log4(n / 1000). Curated at 0.65 is worth bulk at 1000 x 4^1.5 = 8,000 examples.
+DOSE = {"curated": synthetic_db.ARMS["curated"][:3] + (0.65, 0.02, 0.05),
+        "b-1k": ("random control", [["random", {"n": 1000}]], 1000, 0.50, 0.06, 0.15),
+        "b-4k": ("random control", [["random", {"n": 4000}]], 4000, 0.60, 0.06, 0.15),
+        "b-16k": ("bulk", [], 16000, 0.70, 0.06, 0.15)}
+
+
+def test_the_exchange_rate_recovers_a_planted_one(tmp_path):
+    db = synthetic_db.build(tmp_path / "dose.duckdb", seeds=3, docs=150, arms=DOSE)
+    with duckdb.connect(str(db)) as con:  # cost: $0.01 per training run; curated pays $0.05 for its curation
+        con.execute("UPDATE runs SET cost_usd = 0.01 WHERE kind = 'sft'")
+        con.execute("UPDATE datasets SET cost_usd = CASE WHEN dataset_id = 'ds-curated' THEN 0.05 ELSE 0 END")
+    res = runner.invoke(app, ["report", "--db", str(db), "-o", str(tmp_path / "dose.html")])
+    assert res.exit_code == 0, res.output
+    ex = {r["method"]: r for r in _rows(db, "SELECT * FROM stat_exchange")}
+    assert set(ex) == {"full", "lora"}
+    for r in ex.values():
+        assert r["arm"] == "curated" and json.loads(r["bulk_sizes"]) == [1000, 4000, 16000]
+        assert r["status"] == "within" and r["ci_low"] < 8000 < r["ci_high"] and 4000 < r["equiv_examples"] < 16000
+        assert r["statement"].startswith("curated (802 examples) scores like bulk with ")
+        assert r["arm_cost_usd"] == pytest.approx(0.06) and r["bulk_cost_usd"] == pytest.approx(0.01)
+    page = (tmp_path / "dose.html").read_text()
+    assert 'id="exchange-table"' in page and 'data-chart="exchange"' in page
+    # beyond the sizes tried it is said to be, not extrapolated into a number
+    out = stats.exchange_statement("c", 802, "above", 9e4, 3e4, 4e5, 1000, 16000)
+    assert out == "c (802 examples) scores like more than the largest bulk size tried (16,000); 95% interval " \
+                  "[> 16,000, > 16,000]"

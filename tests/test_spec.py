@@ -44,3 +44,13 @@ def test_sizes_expand_into_a_dose_response_series(tmp_path):
         "bulk-1500": ["dedup", {"random": 1500}]}
     with pytest.raises(SpecError, match=r"m\.yaml:2: arms\.bulk\.sizes: expected a list of positive integers"):
         parse_matrix("arms:\n  bulk: {sizes: [0]}\n", "m.yaml")
+
+
+def test_the_analysis_section_moves_no_cell_id():
+    """`analysis:` declares the primary family: re-analysis, never a rerun."""
+    m = load_matrix(CI_MATRIX)
+    other = dataclasses.replace(m.analysis, metrics=["skills_arith"], contrasts=["curated vs bulk"], exchange=None)
+    assert ids(dataclasses.replace(m, analysis=other)) == ids(m)
+    m = parse_matrix("methods: {full: {}, lora: {}}\narms: {a: {steps: [dedup]}, b: {}}\n"
+                     "analysis: {metrics: [learn, world_mc], contrasts: [a vs b, full vs lora]}\n")
+    assert m.analysis.metrics == ["learn", "world_mc"] and m.analysis.contrasts == ["a vs b", "full vs lora"]

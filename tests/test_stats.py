@@ -128,3 +128,66 @@ def test_baseline_verdicts_pick_the_matched_baseline_of_each_curated_arm():
     rows = {(r["what"], r["baseline"]): r["verdict"] for r in report.baseline_rows(runs, cmp)}
     assert rows[("m full: cur", "length-matched random (len-cur)")] == "does not beat it"
     assert rows[("m full: cur", "longest (long)")] == "beats it" and len(rows) == 5
+
+
+def test_the_primary_family_of_the_presets():
+    """curated vs each control made for it or for no arm, per method; full vs LoRA per arm; learn and forget."""
+    from harness.spec import load_matrix
+
+    demo = stats.of_matrix(load_matrix("demo"))
+    assert demo.size() == 14  # 2 metrics x (2 pairs x 2 methods + 1 pair x 3 arms)
+    assert demo.primary("arms", "curated", "bulk", "learn") and demo.primary("arms", "random", "curated", "forget")
+    assert not demo.primary("arms", "random", "bulk", "learn") and not demo.primary("arms", "curated", "bulk",
+                                                                                   "skills_arith")
+    assert demo.primary("methods", "full", "lora", "learn")
+    qq = load_matrix("quality-vs-quantity")
+    arms = stats.arms_from_spec(qq)
+    assert stats.controls(arms, "best-of-k") == ["bulk-1k", "bulk-4k", "bulk-16k", "longest-1k",
+                                                        "random-like-best-of-k", "length-like-best-of-k"]
+    assert [a for a, i in arms.items() if i.dose] == ["bulk-1k", "bulk-4k", "bulk-16k"]
+
+
+def _simulation():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import stats_simulation
+
+    return stats_simulation
+
+
+def test_the_simulation_model_recovers_its_parameters():
+    """bench/stats_simulation.py's fit, on scores drawn from its own parametric model: run offsets and example
+    effects come back (the model the error rates are measured under is the one fitted)."""
+    sim = _simulation()
+    truth = sim.parametric(n=400)
+    rng = np.random.default_rng(0)
+    runs = sim.layout(seeds=8)
+    ex = {t.name: np.arange(len(t.values)) for t in truth.tasks}  # the fitted examples themselves, once each
+    got = {t.name: t for t in sim.fit(sim.draw(truth, runs, ex, rng)).tasks}
+    for t in truth.tasks:
+        g = got[t.name]
+        assert abs(g.run_sd - t.run_sd) < 0.5 * t.run_sd, t.name  # one task: 42 degrees of freedom, noisy
+        assert np.corrcoef(g.values, t.values)[0, 1] > 0.7, t.name
+    # over the five learn tasks: the seed-to-seed sd, not the examples' binomial noise (~0.11 here) added to it
+    assert np.mean([got[t.name].run_sd for t in truth.tasks if t.group == "learn"]) == pytest.approx(0.15, rel=0.2)
+    assert sim.learn_effect(truth, sim.delta_for(truth, 0.144)) == pytest.approx(0.144, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_error_rates_by_simulation():
+    """Matrices whose arms are identical in distribution, through stats.analyse: a primary "significant" in at most
+    ~alpha of them (uncorrected, the same tests would say it far more often), 95% intervals that cover; power
+    against the demo's effect; and harness check's false alarms on a candidate identical to its baseline.
+    (Fewer matrices than bench/stats_simulation.py's 200, so the bounds are looser.)"""
+    sim = _simulation()
+    model = sim.parametric()
+    null = sim.simulate_report(model, 60, n_boot=300)
+    assert null["primary_size"] == 14 and null["fwer_primary"]["k"] <= 6  # <= 10% of 60
+    assert null["fwer_uncorrected"]["k"] >= 2 * max(null["fwer_primary"]["k"], 3)
+    assert null["coverage"] >= 0.93
+    alt = sim.simulate_report(model, 20, n_boot=300, effect=sim.delta_for(model, sim.DEMO_EFFECT), seed=1)
+    assert alt["power_vs_bulk"]["rate"] >= 0.8 and alt["coverage"] >= 0.9
+    chk = sim.simulate_check(model, 20, n_boot=300, seed=2)
+    assert chk["false_alarm_default_policy"]["k"] <= 2 and chk["false_alarm_no_allowance"]["k"] <= 3

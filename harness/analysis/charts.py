@@ -51,6 +51,7 @@ class Frames:
     losses: pd.DataFrame
     comparisons: pd.DataFrame
     cost: tuple[str, str, str]  # (column, axis title, sentence): see report.cost_axis
+    exchange: pd.DataFrame | None = None  # stats.Tables.exchange
     used: dict[str, list] = field(default_factory=dict)
 
     def data(self, name: str, rows):
@@ -79,7 +80,7 @@ def frames(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[s
     return Frames(sft=pts[pts["kind"] == "sft"].copy(),
                   base_learn=pts.loc[pts["kind"] == "base", ["model"] + (["learn"] if "learn" in have else [])],
                   arms_sft=arms_sft.merge(per, on=["model", "method", "arm"], how="left"), have=have, losses=losses,
-                  comparisons=t.comparisons, cost=cost)
+                  comparisons=t.comparisons, cost=cost, exchange=t.exchange)
 
 
 # a role keeps its colour whichever roles a matrix has: curated, the three baselines, bulk
@@ -210,8 +211,11 @@ def forest(f: Frames) -> dict | None:
         return None
     cmp["pair"] = np.where(cmp["kind"] == "arms", cmp["a_method"] + ": " + cmp["a_arm"] + " − " + cmp["b_arm"],
                            cmp["a_arm"] + ": " + cmp["a_method"] + " − " + cmp["b_method"])
-    cmp["result"] = np.where(cmp["significant"], "significant (Holm)", "not significant")
-    base = alt.Chart(f.data("cmp", cmp[["pair", "metric", "diff", "ci_low", "ci_high", "p_holm", "result"]]))
+    primary = cmp["family"].eq("primary") if "family" in cmp else pd.Series(True, index=cmp.index)
+    cmp["result"] = np.where(cmp["significant"], np.where(primary, "significant (primary, Holm)",
+                                                          "significant (exploratory, BH)"), "not significant")
+    cmp["p_adjusted"] = np.where(primary, cmp["p_holm"], cmp["q_bh"])
+    base = alt.Chart(f.data("cmp", cmp[["pair", "metric", "diff", "ci_low", "ci_high", "p_adjusted", "result"]]))
     y = alt.Y("pair:N", title=None, sort=None)
     return f.spec(alt.layer(
         base.mark_rule(color="gray").encode(x=alt.datum(0)),
@@ -221,11 +225,58 @@ def forest(f: Frames) -> dict | None:
         base.mark_point(filled=True, size=60).encode(
             y=y, x="diff:Q", color="result:N",
             tooltip=["pair:N", "metric:N", alt.Tooltip("diff:Q", format=".4f"),
-                     alt.Tooltip("p_holm:Q", format=".4g")])).properties(width=300)
+                     alt.Tooltip("p_adjusted:Q", format=".4g")])).properties(width=300)
         .facet(column=alt.Column("metric:N", title="metric")).resolve_scale(x="independent"))
 
 
-CHARTS = {"quantity": quantity, "cost": cost_vs_learn, "learn_forget": learn_forget, "loss": loss, "forest": forest}
+def exchange(f: Frames) -> dict | None:
+    """The exchange rate: per method, the bulk arms' scores against ln(examples) with the fitted line, and each
+    curated arm drawn at its score and the bulk size it is worth (bar: the interval of that size)."""
+    import altair as alt
+
+    ex = f.exchange
+    if ex is None or ex.empty:
+        return None
+    panels = []
+    for method in dict.fromkeys(ex["method"]):
+        e = ex[ex["method"] == method]
+        metric = e["metric"].iloc[0]
+        bulk = json.loads(e["bulk_arms"].iloc[0])
+        pts = f.arms_sft[(f.arms_sft["method"] == method) & f.arms_sft["arm"].isin(bulk)]
+        if metric not in pts:
+            return None
+        pts = pts[["arm", "examples", metric, f"{metric}_lo", f"{metric}_hi"]].set_axis(
+            ["arm", "examples", "value", "lo", "hi"], axis=1)
+        sizes = json.loads(e["bulk_sizes"].iloc[0])
+        lo_x = min([*sizes, *e["equiv_examples"].clip(upper=4 * max(sizes)).tolist()])
+        hi_x = max([*sizes, *e["equiv_examples"].clip(upper=4 * max(sizes)).tolist()])
+        line = pd.DataFrame({"examples": [lo_x, hi_x]})
+        line["value"] = e["intercept"].iloc[0] + e["slope"].iloc[0] * np.log(line["examples"])
+        # an interval end beyond 4x the largest size is drawn at that edge (the table says "> N")
+        cur = e[["arm", "value", "equiv_examples", "ci_low", "ci_high", "statement"]].copy()
+        for c in ("equiv_examples", "ci_low", "ci_high"):
+            cur[c] = cur[c].clip(lower=min(sizes) / 4, upper=4 * max(sizes))
+        xt, yt = "bulk training examples (log scale)", f"{metric} (arm mean over seeds)"
+        x = alt.X("examples:Q", scale=alt.Scale(type="log"), title=xt)
+        y = alt.Y("value:Q", title=yt, scale=alt.Scale(zero=False))
+        dots = alt.Chart(f.data(f"ex_bulk_{method}", pts))
+        cur_c = alt.Chart(f.data(f"ex_cur_{method}", cur))
+        panels.append(alt.layer(
+            alt.Chart(f.data(f"ex_fit_{method}", line)).mark_line(color="#d95f02").encode(x=x, y=y),
+            dots.mark_errorbar(ticks=True, color="#d95f02").encode(x=x, y=alt.Y("lo:Q", title=yt), y2="hi:Q"),
+            dots.mark_point(filled=True, size=70, color="#d95f02").encode(
+                x=x, y=y, tooltip=["arm:N", "examples:Q", alt.Tooltip("value:Q", format=".3f")]),
+            cur_c.mark_errorbar(ticks=True).encode(x=alt.X("ci_low:Q", title=xt), x2="ci_high:Q", y="value:Q",
+                                                    color=alt.Color("arm:N", title="curated arm")),
+            cur_c.mark_point(filled=True, size=110, shape="diamond").encode(
+                x=alt.X("equiv_examples:Q", title=xt), y="value:Q", color="arm:N",
+                tooltip=["statement:N"]))
+            .properties(title=f"{method}", width=320, height=260))
+    return f.spec(alt.hconcat(*panels))
+
+
+CHARTS = {"quantity": quantity, "exchange": exchange, "cost": cost_vs_learn, "learn_forget": learn_forget, "loss": loss,
+          "forest": forest}
 
 
 def charts(s: stats.Scores, t: stats.Tables, losses: pd.DataFrame, cost: tuple[str, str, str]) -> dict[str, dict]:

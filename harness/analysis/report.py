@@ -280,37 +280,63 @@ def comparison_rows(cmp: pd.DataFrame, metrics: set[str] | None) -> list[dict]:
                     "diff": _ci(c["diff"], c["ci_low"], c["ci_high"], digits, scale, suffix),
                     "d": number(c["effect_size"], 2), "p": _p(c["p_value"]), "p_mcnemar": _p(c["p_mcnemar"]),
                     "p_holm": _p(c["p_holm"]), "q_bh": _p(c["q_bh"]), "significant": bool(c["significant"]),
+                    "family": c.get("family", "primary"),
                     "better": {"a": a, "b": b}.get(c["better"], "–") if c["significant"] else "–",
                     "matched": c["matched"]})
     return out
 
 
 def baseline_rows(runs: pd.DataFrame, cmp: pd.DataFrame) -> list[dict]:
-    """Per curated arm: does it beat each baseline on learn, significantly after Holm?"""
+    """Per curated arm: does it beat each baseline on learn, significantly after its family's correction?"""
     v = stats.baseline_verdicts(runs, cmp)
     return [{"what": f"{r.model} {r.method}: {r.arm}", "baseline": f"{r.baseline} ({r.baseline_arm})",
-             "diff": _ci(r.diff, r.ci_low, r.ci_high), "p_holm": _p(r.p_holm),
+             "diff": _ci(r.diff, r.ci_low, r.ci_high), "p_holm": _p(r.p_adjusted), "family": r.family,
              "verdict": "beats it" if r.beats else "does not beat it", "beats": r.beats} for r in v.itertuples()]
+
+
+def exchange_rows(t: stats.Tables) -> list[dict]:
+    """The exchange rate per curated arm and method, in words and numbers (stat_exchange)."""
+    if t.exchange is None or t.exchange.empty:
+        return []
+    out = []
+    for r in t.exchange.itertuples():
+        cost = "not recorded" if pd.isna(r.arm_cost_usd) or pd.isna(r.bulk_cost_usd) else \
+            f"${r.arm_cost_usd:.3g} per run (curation included) vs ${r.bulk_cost_usd:.3g} for bulk at that size"
+        out.append({"what": f"{r.model} {r.method}", "statement": r.statement,
+                    "fit": f"{r.metric} = {r.intercept:.3f} + {r.slope:.3f} ln(examples) over "
+                           f"{', '.join(f'{n:,}' for n in json.loads(r.bulk_sizes))}", "cost": cost})
+    return out
+
+
+def analysis_of(con, matrix: str):
+    """The matrix's `analysis:` section as recorded by its last run (spec.Analysis's defaults if none was)."""
+    from harness.spec import Analysis
+
+    d = store.matrix_analysis(con, matrix) or {}
+    return Analysis(**{f.name: d[f.name] for f in dataclasses.fields(Analysis) if f.name in d})
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options = stats.Options()) -> Path:
-    """Compute the statistics of a matrix, store them (stat_* tables) and write its report; returns the path."""
+def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options = stats.Options(),
+          analysis=None) -> Path:
+    """Compute the statistics of a matrix, store them (stat_* tables) and write its report; returns the path.
+    `analysis` (spec.Analysis) overrides the primary family the matrix's last run recorded."""
     import jinja2
 
     from harness.spec import matched_description
 
     with store.reader(db) as con:
         name = resolve_matrix(con, matrix, db)
+        analysis = analysis or analysis_of(con, name)
         s = stats.load(con, name)
         if s.runs.empty:
             raise ReportError(f"{db}: matrix {name!r} has no finished runs")
         cards = data_cards(con, s.runs)
         losses = loss_curves(con, s.runs)
         browser = sample_browser(con, s.runs)
-    tables = stats.analyse(s, opts)
+    tables = stats.analyse(s, opts, analysis)
     with store.writer(db) as con:
         stats.write(con, name, tables, opts)
 
@@ -338,7 +364,9 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
         "cmp_main": comparison_rows(tables.comparisons, agg),
         "baselines": baseline_rows(s.runs, tables.comparisons),
         "cmp_tasks": comparison_rows(tables.comparisons[~tables.comparisons["metric"].isin(agg)], None),
-        "n_cmp": len(tables.comparisons), "charts": charts_, "vega_js": vega_bundle() if charts_ else "",
+        "n_cmp": len(tables.comparisons), "family": tables.family, "exchange": exchange_rows(tables),
+        "n_primary": int((tables.comparisons["family"] == "primary").sum()), "charts": charts_,
+        "vega_js": vega_bundle() if charts_ else "",
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
                              undefined=jinja2.StrictUndefined)

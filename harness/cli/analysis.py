@@ -56,17 +56,19 @@ def report_cmd(matrix: Optional[str] = typer.Argument(None, help="Matrix name in
     from harness.analysis import report, stats
 
     t0 = time.perf_counter()
+    analysis = None  # the primary family the matrix's last run recorded, unless its YAML file is named
     if matrix and matrix.endswith((".yaml", ".yml")):
         from harness.spec import load_matrix
 
         try:
-            matrix = load_matrix(matrix).name
+            m = load_matrix(matrix)
         except input_errors() as e:
             raise fail(str(e)) from None
+        matrix, analysis = m.name, m.analysis
     if n_boot < 100:
         raise fail(f"--boot: expected at least 100 resamples, got {n_boot}")
     try:
-        path = report.build(db_path(db, results), matrix, output, stats.Options(n_boot=n_boot))
+        path = report.build(db_path(db, results), matrix, output, stats.Options(n_boot=n_boot), analysis)
     except (FileNotFoundError, report.ReportError) as e:
         raise fail(str(e)) from None
     out.print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)", highlight=False)
@@ -112,7 +114,7 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
     except (check.CheckError, *input_errors()) as e:
         raise fail(str(e)) from None
     print_table(check.COLUMNS, check.table(res), title=f"harness check: {res.baseline} vs {res.candidate}")
-    for line in res.notes + [f"changed since the baseline: {c}" for c in res.changes]:
+    for line in res.notes + [f"changed since the baseline: {c}" for c in res.changes] + [res.family]:
         out.print(f"  {line}", highlight=False, soft_wrap=True)
     if junit:
         check.write_text(junit, check.junit(res))

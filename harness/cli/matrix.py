@@ -44,6 +44,9 @@ def matrix_plan(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or
     out.print("[bold]matched between cells[/]")
     for line in matched_description(p.matrix):
         out.print(f"  {line}", highlight=False)
+    out.print("[bold]analysis[/] (the matrix's `analysis:` section)")
+    for line in family_lines(p.matrix):
+        out.print(f"  {line}", highlight=False)
     _memory_plan(p, device_memory_gb or p.matrix.run.device_memory_gb)
 
 
@@ -77,6 +80,36 @@ def _refuse_unfit(p, cells) -> None:
     bad = [m for m in cells if not m.fits]
     if bad:
         raise fail(plan.refusal(bad[0], len(bad) - 1))
+
+
+def _print_verdicts(path: Path, m) -> None:
+    """The primary family's verdicts (the numbers `harness report` shows, from the same analysis)."""
+    from harness import store
+    from harness.analysis import stats
+
+    with store.reader(path) as con:
+        s = stats.load(con, m.name)
+    if (s.runs["kind"] == "sft").sum() < 2:
+        return
+    t = stats.analyse(s, stats.Options(), m.analysis)
+    rows = stats.primary_verdicts(t.comparisons)
+    if rows:
+        print_table(stats.VERDICT_COLUMNS, rows, title=f"verdicts: {t.family}")
+    for e in [] if t.exchange is None else t.exchange.itertuples():
+        out.print(f"exchange rate, {e.model} {e.method}: {e.statement}", highlight=False)
+
+
+def family_lines(m) -> list[str]:
+    """The primary family and the exchange rate the report will compute, before anything runs."""
+    from harness.analysis import stats
+
+    fam = stats.of_matrix(m)
+    lines = [fam.describe(len(m.models))]
+    dose = [a for a, i in stats.arms_from_spec(m).items() if i.dose]
+    if m.analysis.exchange and len(dose) >= 2:
+        lines.append(f"exchange rate on {m.analysis.exchange}: each curated arm against the bulk series "
+                     f"{', '.join(dose)} (score vs ln(examples), inverted)")
+    return lines
 
 
 def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or built-in preset (default: demo)."),
@@ -120,6 +153,7 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     cols, rows = store.summary_rows(path, p.matrix.name)
     print_table(cols, rows, title=f"summary of {p.matrix.name} (learn: mean exact match on learn tasks; "
                                   f"forget: relative loss of the base's forget-task scores)")
+    _print_verdicts(path, p.matrix)
     if stats.cells_run:
         out.print(stats.line(), highlight=False)
     out.print(f"database: {path.resolve()}  ({time.perf_counter() - t0:.1f}s)", highlight=False)

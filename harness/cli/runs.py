@@ -64,6 +64,12 @@ def show_cmd(run_id: str = typer.Argument(..., help="A run id (or a unique prefi
         out.print("[bold]cost[/] " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
             if v is not None and k not in ("run_id", "kind", "model", "method", "arm", "seed")), highlight=False)
+    fams, cols, rows = export.primary(path, run)
+    for line in fams:
+        out.print(f"[bold]analysis[/] {line}", highlight=False, soft_wrap=True)
+    if rows:
+        print_table(cols, rows, title="primary comparisons of this run's method and arm (harness report's last "
+                                      "analysis; p_holm: within the primary family)")
     out.print(f"[bold]time[/] prep {run['prep_seconds'] or 0:.1f}s, train {run['train_seconds'] or 0:.1f}s, "
               f"eval {run['eval_seconds'] or 0:.1f}s; env: {json.dumps(run['env'])}", highlight=False, soft_wrap=True)
     out.print("[bold]reproduce with lm-eval[/] (from any directory)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from harness import models, store
@@ -119,6 +119,7 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     clean_partial(results)
     with store.writer(db) as con:
         store.adopt_finished(con, p.matrix.name, results, done, p.ids)
+        store.record_analysis(con, p.matrix.name, asdict(p.matrix.analysis))  # its primary family
     if not todo:
         console.print(f"[green]all {len(p.ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
         return stats

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from harness.spec.matrix import Matrix
+from harness.spec.matrix import CONTRASTS, Matrix
 from harness.spec.validate import Ctx, SpecError, convert, read_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "matrices"  # built-in matrices, named by file stem
@@ -27,6 +27,7 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
     m: Matrix = convert(raw, Matrix, ctx)
     _check(m, ctx)
     _check_steps(m, ctx)
+    _check_analysis(m, ctx)
     return m
 
 
@@ -70,6 +71,30 @@ def _check_steps(m: Matrix, ctx: Ctx) -> None:
             if "like" in params and params["like"] not in m.arms:
                 ctx.fail(("arms", arm, "steps", i, "like"),
                          f"unknown arm {params['like']!r}; expected one of {', '.join(m.arms)}")
+
+
+def _check_analysis(m: Matrix, ctx: Ctx) -> None:
+    """The primary family names metrics the matrix evaluates and arms or methods it has."""
+    a = m.analysis
+    tasks = m.eval.learn + m.eval.forget
+    named = not any(t.endswith((".yaml", ".yml")) for t in tasks)  # a task file's name is known only once loaded
+    known = ["learn", "forget", *tasks]
+    for key, names in (("metrics", a.metrics), ("exchange", [a.exchange] if a.exchange else [])):
+        for i, x in enumerate(names):
+            if named and x not in known:
+                ctx.fail(("analysis", key, i) if key == "metrics" else ("analysis", key),
+                         f"unknown metric {x!r}; expected one of {', '.join(known)}")
+    if not a.metrics:
+        ctx.fail(("analysis", "metrics"), "must not be empty (the primary family needs a metric)")
+    for i, c in enumerate(a.contrasts):
+        if c in CONTRASTS:
+            continue
+        pair = [x.strip() for x in c.split(" vs ")]
+        if len(pair) != 2 or pair[0] == pair[1] or not (all(x in m.arms for x in pair) or
+                                                        all(x in m.methods for x in pair)):
+            ctx.fail(("analysis", "contrasts", i),
+                     f"expected {' or '.join(CONTRASTS)} or 'A vs B' naming two arms ({', '.join(m.arms)}) or two "
+                     f"methods ({', '.join(m.methods)}), got {c!r}")
 
 
 def _check(m: Matrix, ctx: Ctx) -> None:

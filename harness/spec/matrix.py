@@ -80,6 +80,25 @@ class Run:
     device_memory_gb: float | None = None  # memory of one GPU, for `harness matrix plan` (None: read from the device)
 
 
+CONTRASTS = ("curated-vs-controls", "full-vs-lora")  # the contrasts named by a word (Analysis.contrasts)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The question the matrix was built to answer. Its primary comparisons (metrics x contrasts) are one family,
+    Holm-corrected: "significant" keeps its 5% family-wise error rate however many tasks and arms the matrix has.
+    Every other comparison is exploratory (Benjamini-Hochberg). Never part of a cell's id: changing it re-analyses,
+    it never reruns a cell."""
+    metrics: list[str] = field(default_factory=lambda: ["learn", "forget"])  # learn, forget or task names
+    # curated-vs-controls: each curated arm against each of its controls (random subsets made for it, and arms made
+    # for no arm: bulk sizes, longest), per method; full-vs-lora: each pair of methods of different kinds, per arm;
+    # or "A vs B" naming two arms (per method) or two methods (per arm)
+    contrasts: list[str] = field(default_factory=lambda: ["curated-vs-controls", "full-vs-lora"])
+    # the exchange rate: the bulk examples a curated arm is worth on this metric (null: none). It needs an arm
+    # with `sizes:` (plain random subsets of one source) at >= 2 sizes; 3 or more pin the fit down
+    exchange: str | None = "learn"
+
+
 @dataclass(frozen=True)
 class Matrix:
     name: str = "matrix"
@@ -93,6 +112,7 @@ class Matrix:
     eval: Eval = field(default_factory=Eval)
     keep_weights: Literal["all", "lora", "none"] = "all"  # "lora": drop full fine-tunes' weights (large models)
     run: Run = field(default_factory=Run)
+    analysis: Analysis = field(default_factory=Analysis)  # the primary family; never in a cell id
 
 
 def matched_description(m: Matrix) -> list[str]:

@@ -153,6 +153,21 @@ MIGRATIONS: list[tuple[str, str]] = [
     -- slots left empty, in wall seconds; neither compute nor overhead
     ALTER TABLE matrix_runs ADD COLUMN lost_seconds DOUBLE;
     """),
+    ("primary family and exchange rate", """
+    -- the matrix's `analysis:` section (spec.Analysis) as of its last `harness matrix run`: its primary family
+    CREATE TABLE matrix_analysis (matrix VARCHAR PRIMARY KEY, analysis JSON,
+        updated_at TIMESTAMP DEFAULT current_timestamp);
+    -- primary: Holm over the primary family (p_holm); exploratory: Benjamini-Hochberg over the rest (q_bh)
+    ALTER TABLE stat_comparisons ADD COLUMN family VARCHAR;
+    ALTER TABLE stat_params ADD COLUMN family VARCHAR;        -- the primary family in words, with its size
+    -- per curated arm: the bulk examples it scores like (score = intercept + slope x ln(examples) over the bulk
+    -- sizes, inverted), with its bootstrap interval; status: within | above | below (the sizes tried) | flat
+    CREATE TABLE stat_exchange (
+        matrix VARCHAR, model VARCHAR, method VARCHAR, metric VARCHAR, arm VARCHAR, examples DOUBLE, value DOUBLE,
+        bulk_arms JSON, bulk_sizes JSON, slope DOUBLE, intercept DOUBLE, equiv_examples DOUBLE, ci_low DOUBLE,
+        ci_high DOUBLE, status VARCHAR, n_seeds INTEGER, arm_cost_usd DOUBLE, bulk_cost_usd DOUBLE,
+        statement VARCHAR);
+    """),
 ]
 
 
@@ -335,6 +350,19 @@ def record_matrix_run(con, matrix: str, executor: str, cells_run: int, failed: i
                 "VALUES (?, current_timestamp, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [matrix, cells_run, failed, workers, wall, compute, overhead, json.dumps(overhead_parts),
                  json.dumps(compute_parts), executor, lost])
+
+
+def record_analysis(con, matrix: str, analysis: dict) -> None:
+    """Keep the matrix's `analysis:` section (its primary family) for `harness report` and `harness show`."""
+    con.execute("INSERT OR REPLACE INTO matrix_analysis (matrix, analysis, updated_at) "
+                "VALUES (?, ?, current_timestamp)", [matrix, json.dumps(analysis)])
+
+
+def matrix_analysis(con, matrix: str) -> dict | None:
+    """The `analysis:` section recorded for the matrix (None: an older database, or not run here)."""
+    has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'matrix_analysis'").fetchone()
+    row = con.execute("SELECT analysis FROM matrix_analysis WHERE matrix = ?", [matrix]).fetchone() if has[0] else None
+    return json.loads(row[0]) if row else None
 
 
 def summary_rows(db: Path, matrix: str) -> tuple[list[str], list[tuple]]:

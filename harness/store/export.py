@@ -90,6 +90,29 @@ def cost(db: Path, run_id: str) -> dict:
         return dict(zip([d[0] for d in cur.description], row)) if row else {}
 
 
+def primary(db: Path, run: dict) -> tuple[list[str], list[str], list[tuple]]:
+    """The primary family of each matrix the run belongs to (as `harness report` last computed it) and the primary
+    comparisons that involve the run's method and arm: (family lines, columns, rows)."""
+    with store.reader(db) as con:
+        has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'stat_params' "
+                          "AND column_name = 'family'").fetchone()[0]
+        if not has or not run["matrices"] or run["kind"] != "sft":
+            return [], [], []
+        fams = con.execute("SELECT matrix, family FROM stat_params WHERE matrix IN (SELECT unnest(?)) "
+                           "ORDER BY matrix", [run["matrices"]]).fetchall()
+        cur = con.execute("""
+            SELECT matrix, CASE kind WHEN 'arms' THEN a_method || ': ' || a_arm || ' vs ' || b_arm
+                                     ELSE a_arm || ': ' || a_method || ' vs ' || b_method END AS comparison,
+                   metric, round(diff, 4) AS diff, round(ci_low, 4) AS ci_low, round(ci_high, 4) AS ci_high,
+                   p_holm, significant
+            FROM stat_comparisons WHERE family = 'primary' AND matrix IN (SELECT unnest(?)) AND model = ?
+              AND ((kind = 'arms' AND a_method = ? AND ? IN (a_arm, b_arm))
+                   OR (kind = 'methods' AND a_arm = ? AND ? IN (a_method, b_method)))
+            ORDER BY matrix, kind, comparison, metric""",
+                          [run["matrices"], run["model"], run["method"], run["arm"], run["arm"], run["method"]])
+        return [f"{m}: {f}" for m, f in fams if f], [d[0] for d in cur.description], cur.fetchall()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The lm_eval command lines
 

@@ -94,6 +94,15 @@ class Result:
     def passed(self) -> bool:
         return self.regressions.empty
 
+    @property
+    def family(self) -> str:
+        """The primary family (the gated rows) and its size, in one line."""
+        g = self.rows[self.rows["gated"]]
+        rest = len(self.rows) - len(g)
+        return (f"primary family: {len(g)} gated rows = metrics {', '.join(dict.fromkeys(g['metric']))} x "
+                f"{g['cell'].nunique()} cells, {self.policy.correction}-corrected; {rest} other rows exploratory "
+                f"(Benjamini-Hochberg, never gated)")
+
 
 def _gated_metrics(policy: Policy, tasks: dict[str, stats.Task], fail: Fail) -> set[str]:
     names = set()
@@ -242,11 +251,13 @@ def _table(rows: list[dict], policy: Policy) -> pd.DataFrame:
     """The rows with their p-values corrected and their status."""
     df = pd.DataFrame(rows)
     df["p_adjusted"] = np.nan
-    for gated in (True, False):  # the gated rows are one family; the rows shown for information another
+    # the gated rows are the primary family (the policy's correction); the rows shown for information are
+    # exploratory, with a false discovery rate (Benjamini-Hochberg), like the report's
+    for gated, method in ((True, {"holm": "holm", "bh": "fdr_bh"}.get(policy.correction)), (False, "fdr_bh")):
         sel = df["gated"] == gated
         if sel.any():
-            df.loc[sel, "p_adjusted"] = df.loc[sel, "p_value"] if policy.correction == "none" else \
-                stats.adjust(df.loc[sel, "p_value"], "holm" if policy.correction == "holm" else "fdr_bh")
+            df.loc[sel, "p_adjusted"] = df.loc[sel, "p_value"] if method is None else \
+                stats.adjust(df.loc[sel, "p_value"], method)
     df["status"] = [_status(r, policy.alpha) for r in df.itertuples()]
     return df
 

@@ -70,6 +70,7 @@ def markdown(res: Result) -> str:
         lines.append("| " + " | ".join(cell(v) for v in r) + " |")
     lines += [""] + [f"- {cell(n)}" for n in res.notes + [f"changed since the baseline: {c}" for c in res.changes]]
     lines.append(_policy_line(res.policy))
+    lines.append(f"- {res.family}")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,9 @@ import pandas as pd
 from harness import store
 from harness.analysis.stats.bootstrap import (Options, adjust, boot_means, effect_size, example_counts, interval,
                                               mcnemar, over_seeds, seed_counts, wald)
+from harness.analysis.stats.family import Family, arms_from_runs, of_runs
 from harness.analysis.stats.scores import BASELINES, ROLE_ORDER, Metric, Scores, metric_samples, metrics_for
+from harness.spec import Analysis
 
 
 @dataclass
@@ -20,6 +22,8 @@ class Tables:
     runs: pd.DataFrame
     arms: pd.DataFrame
     comparisons: pd.DataFrame
+    family: str = ""  # the primary family in one line, with its size as compared
+    exchange: pd.DataFrame | None = None  # stat_exchange: what each curated arm is worth in bulk examples
 
 
 def _groups(runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
@@ -65,8 +69,9 @@ def _matched(ga: pd.DataFrame, gb: pd.DataFrame, seeds: list, n_docs: int, n_tas
     return "matched: " + "; ".join(same) + (" | NOT matched: " + "; ".join(diff) if diff else "")
 
 
-def analyse(s: Scores, opts: Options = Options()) -> Tables:
-    """Per-run and per-arm intervals for every metric, and every paired comparison with corrected p-values."""
+def analyse(s: Scores, opts: Options = Options(), analysis: Analysis = Analysis()) -> Tables:
+    """Per-run and per-arm intervals for every metric, and every paired comparison with p-values corrected within
+    its family: Holm over the primary family that `analysis` declares, Benjamini-Hochberg over the rest."""
     runs = s.runs
     row_of = dict(zip(runs["run_id"], runs["row"]))
     base_row = np.array([row_of.get(b, r) for b, r in zip(runs["base_run_id"], runs["row"].to_numpy())])
@@ -76,8 +81,12 @@ def analyse(s: Scores, opts: Options = Options()) -> Tables:
     values = {m.name: metric_samples(m, task_means, base_row) for m in mets}
     n_docs = {m.name: sum(len(s.tasks[t].doc_ids) for t in m.coefs) for m in mets}
     groups = _groups(runs)
-    return Tables(_run_table(s, mets, values, n_docs, opts), _arm_table(s, groups, mets, values, n_docs, opts),
-                  _comparison_table(s, groups, mets, values, n_docs, opts))
+    fam = of_runs(analysis, runs)
+    cmp = _comparison_table(s, groups, mets, values, n_docs, opts, fam)
+    n_models = runs.loc[runs["kind"] == "sft", "model"].nunique()
+    return Tables(_run_table(s, mets, values, n_docs, opts), _arm_table(s, groups, mets, values, n_docs, opts), cmp,
+                  fam.describe(n_models, int((cmp["family"] == "primary").sum())),
+                  exchange_rates(s, groups, values, opts, analysis.exchange))
 
 
 def _run_table(s: Scores, mets: list[Metric], values: dict[str, np.ndarray], n_docs: dict[str, int],
@@ -112,8 +121,9 @@ def _arm_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[Metric],
 
 
 def _comparison_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[Metric],
-                      values: dict[str, np.ndarray], n_docs: dict[str, int], opts: Options) -> pd.DataFrame:
-    """Every pair of arms (and of methods), paired by seed and example, with p-values corrected over all of them."""
+                      values: dict[str, np.ndarray], n_docs: dict[str, int], opts: Options,
+                      fam: Family) -> pd.DataFrame:
+    """Every pair of arms (and of methods), paired by seed and example, with p-values corrected within its family."""
     compared = [m for m in mets if not m.name.endswith(":vs_base") and m.name != "learn_gain"]
     cmp_rows = []
     for kind, ka, kb in _pairs(groups):
@@ -142,11 +152,124 @@ def _comparison_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[M
         "matrix", "kind", "model", "a_method", "a_arm", "b_method", "b_arm", "metric", "higher_is_better", "a_value",
         "b_value", "diff", "ci_low", "ci_high", "se", "effect_size", "p_value", "p_mcnemar", "better", "n_seeds",
         "n_examples", "matched"])
-    # one family: every comparison of the matrix
-    cmp_df.insert(cmp_df.columns.get_loc("better"), "p_holm", adjust(cmp_df["p_value"], "holm"))
-    cmp_df.insert(cmp_df.columns.get_loc("better"), "q_bh", adjust(cmp_df["p_value"], "fdr_bh"))
-    cmp_df.insert(cmp_df.columns.get_loc("better"), "significant", cmp_df["p_holm"] < opts.alpha)
-    return cmp_df
+    return corrected(cmp_df, fam, opts.alpha)
+
+
+def corrected(cmp: pd.DataFrame, fam: Family, alpha: float) -> pd.DataFrame:
+    """The comparisons with their family (primary | exploratory) and its correction: Holm over the primary family
+    (p_holm; significant: family-wise error <= alpha), Benjamini-Hochberg over the exploratory rest (q_bh;
+    significant: false discovery rate <= alpha). A row has the corrected value of its own family only."""
+    primary = np.array([fam.primary(k, a, b, m) for k, a, b, m in zip(
+        cmp["kind"], np.where(cmp["kind"] == "arms", cmp["a_arm"], cmp["a_method"]),
+        np.where(cmp["kind"] == "arms", cmp["b_arm"], cmp["b_method"]), cmp["metric"])], dtype=bool)
+    p = cmp["p_value"].to_numpy(dtype=float)
+    at = cmp.columns.get_loc("better")
+    cmp.insert(at, "p_holm", np.where(primary, adjust(np.where(primary, p, np.nan), "holm"), np.nan))
+    cmp.insert(at + 1, "q_bh", np.where(primary, np.nan, adjust(np.where(primary, np.nan, p), "fdr_bh")))
+    cmp.insert(at + 2, "significant", np.where(primary, cmp["p_holm"], cmp["q_bh"]) < alpha)
+    cmp["family"] = np.where(primary, "primary", "exploratory")
+    return cmp
+
+
+EXCHANGE_COLUMNS = ["matrix", "model", "method", "metric", "arm", "examples", "value", "bulk_arms", "bulk_sizes",
+                    "slope", "intercept", "equiv_examples", "ci_low", "ci_high", "status", "n_seeds",
+                    "arm_cost_usd", "bulk_cost_usd", "statement"]
+
+
+def exchange_rates(s: Scores, groups: dict[tuple, pd.DataFrame], values: dict[str, np.ndarray], opts: Options,
+                   metric: str | None) -> pd.DataFrame:
+    """The exchange rate: per model, method and curated arm, the bulk examples it scores like. The dose-response arms
+    (the curated arm's source as is or plain random subsets of it, at >= 2 sizes) give a line score = a + b log(n)
+    (least squares over the arm means); inverting it at the curated arm's score gives n. Its interval is the
+    percentile interval of n over the same two-way bootstrap as every other number (examples and seeds resampled
+    once for all arms: paired). Out of the range of sizes tried, n is an extrapolation, and said to be."""
+    if metric is None or metric not in values:
+        return pd.DataFrame(columns=EXCHANGE_COLUMNS)
+    info = arms_from_runs(s.runs)
+    rows = []
+    for (model, method, cur), g in groups.items():
+        if cur is None or cur not in info or info[cur].role != "curated":
+            continue
+        dose = {a: gg for (mo, me, a), gg in groups.items() if (mo, me) == (model, method) and a in info
+                and info[a].dose and info[a].source == info[cur].source}
+        sizes = {a: float(gg["examples"].mean()) for a, gg in dose.items()}
+        if len(set(sizes.values())) < 2:
+            continue
+        seeds = sorted(set(g["seed"]).intersection(*(set(gg["seed"]) for gg in dose.values())))
+        if not seeds:
+            continue
+        sc = seed_counts(len(seeds), opts.n_boot, opts.seed)
+
+        def arm_values(gg):  # (B + 1,): the arm's mean over the shared seeds, resampled like every arm
+            return over_seeds(values[metric][gg.set_index("seed").loc[seeds, "row"].to_numpy()], sc)
+
+        names = sorted(dose, key=sizes.get)
+        x = np.log([sizes[a] for a in names])
+        y = np.array([arm_values(dose[a]) for a in names])  # (arms, B + 1)
+        slope = ((x - x.mean()) @ (y - y.mean(axis=0))) / ((x - x.mean()) @ (x - x.mean()))
+        icpt = y.mean(axis=0) - slope * x.mean()
+        yc = arm_values(g)
+        # with no dose-response in a resample (slope <= 0), no amount of bulk reaches a better arm: +inf (or 0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            log_n = np.where(slope > 0, (yc - icpt) / slope, np.where(yc > y.mean(axis=0), np.inf, -np.inf))
+            n = np.exp(log_n)
+        lo, hi = np.quantile(n[1:], [(1 - opts.confidence) / 2, (1 + opts.confidence) / 2], method="inverted_cdf")
+        lo_size, hi_size = min(sizes.values()), max(sizes.values())
+        status = "flat" if slope[0] <= 0 else "above" if n[0] > hi_size else "below" if n[0] < lo_size else "within"
+        cost = _cost_at(g, dose, sizes, n[0])
+        rows.append((s.matrix, model, method, metric, cur, float(g["examples"].mean()), float(yc[0]),
+                     json.dumps(names), json.dumps([int(sizes[a]) for a in names]), float(slope[0]), float(icpt[0]),
+                     float(n[0]), float(lo), float(hi), status, len(seeds), *cost,
+                     exchange_statement(cur, float(g["examples"].mean()), status, float(n[0]), float(lo), float(hi),
+                                        lo_size, hi_size, opts.confidence)))
+    return pd.DataFrame(rows, columns=EXCHANGE_COLUMNS)
+
+
+def _cost_at(g: pd.DataFrame, dose: dict[str, pd.DataFrame], sizes: dict[str, float], n: float) -> tuple:
+    """(the curated arm's cost per run, curation included; a bulk run's cost at n examples): the bulk arms' costs
+    interpolated in log(examples), held at the nearest size tried outside their range. NaN where costs are not
+    recorded."""
+    names = sorted(dose, key=sizes.get)
+    costs = np.array([dose[a]["total_cost_usd"].mean() for a in names], dtype=float)
+    arm = float(g["total_cost_usd"].mean())
+    if np.isnan(costs).any() or not np.isfinite(n) or n <= 0:
+        return arm, float("nan")
+    return arm, float(np.interp(np.log(n), np.log([sizes[a] for a in names]), costs))
+
+
+def exchange_statement(arm: str, examples: float, status: str, n: float, lo: float, hi: float, lo_size: float,
+                       hi_size: float, confidence: float = 0.95) -> str:
+    """The exchange rate in one sentence: 'curated (802 examples) scores like bulk with 5,300 examples; 95%
+    interval [2,100, 9,800]'."""
+    def size(v: float) -> str:
+        return f"> {hi_size:,.0f}" if v > hi_size else f"< {lo_size:,.0f}" if v < lo_size else f"{v:,.0f}"
+
+    head = f"{arm} ({examples:,.0f} examples) scores like"
+    ci = f"{confidence:.0%} interval [{size(lo)}, {size(hi)}]"
+    if status == "flat":
+        return f"{arm}: no dose-response (the bulk score does not rise with examples): no exchange rate"
+    if status == "above":
+        return f"{head} more than the largest bulk size tried ({hi_size:,.0f}); {ci}"
+    if status == "below":
+        return f"{head} fewer than the smallest bulk size tried ({lo_size:,.0f}); {ci}"
+    return f"{head} bulk with {n:,.0f} examples; {ci}"
+
+
+VERDICT_COLUMNS = ["comparison", "metric", "diff a - b [95% CI]", "p", "p (Holm)", "verdict"]
+
+
+def primary_verdicts(cmp: pd.DataFrame) -> list[tuple]:
+    """The primary family's rows in words (`harness matrix run` prints them): which one is better, significantly
+    after Holm, or that no difference was shown."""
+    rows = []
+    for c in cmp[cmp["family"] == "primary"].itertuples():
+        a, b, within = (c.a_arm, c.b_arm, c.a_method) if c.kind == "arms" else (c.a_method, c.b_method, c.a_arm)
+        winner = a if c.better == "a" else b
+        verdict = f"{winner} better" if c.significant else "no difference shown"
+        rows.append((f"{c.model} {within}: {a} vs {b}", c.metric,
+                     f"{c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]", f"{c.p_value:.2g}", f"{c.p_holm:.2g}",
+                     verdict))
+    return rows
 
 
 def _baselines_of(runs: pd.DataFrame) -> dict[tuple, list[str]]:
@@ -171,8 +294,9 @@ def _baselines_of(runs: pd.DataFrame) -> dict[tuple, list[str]]:
 
 def baseline_verdicts(runs: pd.DataFrame, comparisons: pd.DataFrame, metric: str = "learn") -> pd.DataFrame:
     """Per curated arm and baseline (random control, length-matched random, longest): the paired difference on
-    `metric`, its Holm-corrected p-value (over every comparison of the matrix) and whether the curated arm beats it
-    significantly. A data-selection claim holds only where it beats all three."""
+    `metric`, its corrected p-value (Holm within the primary family, where the comparison is in it; else the
+    exploratory Benjamini-Hochberg q) and whether the curated arm beats it significantly. A data-selection claim
+    holds only where it beats all three."""
     cmp = comparisons[(comparisons["kind"] == "arms") & (comparisons["metric"] == metric)]
     cmp = cmp.set_index(["model", "a_method", "a_arm", "b_arm"])
     rows = []
@@ -181,22 +305,25 @@ def baseline_verdicts(runs: pd.DataFrame, comparisons: pd.DataFrame, metric: str
             if (model, method, cur, b) not in cmp.index:
                 continue
             c = cmp.loc[(model, method, cur, b)]
-            rows.append((model, method, cur, role, b, c["diff"], c["ci_low"], c["ci_high"], c["p_holm"],
+            fam = c.get("family", "primary")
+            rows.append((model, method, cur, role, b, c["diff"], c["ci_low"], c["ci_high"],
+                         c["p_holm"] if fam == "primary" else c["q_bh"], fam,
                          bool(c["significant"] and c["better"] == "a")))
     return pd.DataFrame(rows, columns=["model", "method", "arm", "baseline", "baseline_arm", "diff", "ci_low",
-                                       "ci_high", "p_holm", "beats"])
+                                       "ci_high", "p_adjusted", "family", "beats"])
 
 
-STAT_TABLES = ("stat_runs", "stat_arms", "stat_comparisons")
+STAT_TABLES = ("stat_runs", "stat_arms", "stat_comparisons", "stat_exchange")
 
 
 def write(con, matrix: str, tables: Tables, opts: Options) -> None:
     """Replace the matrix's rows in the stat_* tables (one transaction)."""
     params = pd.DataFrame([{"matrix": matrix, "n_boot": opts.n_boot, "confidence": opts.confidence,
-                            "alpha": opts.alpha, "seed": opts.seed}])
+                            "alpha": opts.alpha, "seed": opts.seed, "family": tables.family}])
+    exchange = tables.exchange if tables.exchange is not None else pd.DataFrame(columns=EXCHANGE_COLUMNS)
     with store.transaction(con):
         for name, df in zip(STAT_TABLES + ("stat_params",),
-                            (tables.runs, tables.arms, tables.comparisons, params)):
+                            (tables.runs, tables.arms, tables.comparisons, exchange, params)):
             con.execute(f"DELETE FROM {name} WHERE matrix = ?", [matrix])
             if len(df):
                 con.register("_df", df)
