@@ -139,6 +139,19 @@ MIGRATIONS: list[tuple[str, str]] = [
     -- compute by kind (cells; curation: data steps that ran models, counted as compute, not overhead)
     ALTER TABLE matrix_runs ADD COLUMN compute_parts JSON;
     """),
+    ("contamination", """
+    -- written by every `harness matrix run` for the arms it built: per arm and evaluation task, the training rows
+    -- that contain one of the task's documents (word n-grams; harness/data/curate/contamination.py)
+    CREATE TABLE contamination (
+        matrix VARCHAR, arm VARCHAR, dataset_id VARCHAR, task VARCHAR,
+        task_group VARCHAR,             -- learn | forget | include (a task of an include folder the matrix does not score)
+        method VARCHAR, n INTEGER,      -- ngram and words per n-gram
+        train_rows INTEGER, eval_docs INTEGER,
+        overlapping_rows INTEGER,       -- training rows that overlap at least one of the task's documents
+        overlapping_docs INTEGER,       -- the task's documents found in the training rows
+        examples JSON,                  -- up to five [example_id, doc_id] pairs
+        checked_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (matrix, arm, task));
+    """),
 ]
 
 
@@ -312,6 +325,22 @@ def record_matrix_run(con, matrix: str, executor: str, cells_run: int, failed: i
                 "VALUES (?, current_timestamp, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [matrix, cells_run, failed, workers, wall, compute, overhead, json.dumps(overhead_parts),
                  json.dumps(compute_parts), executor])
+
+
+CONTAMINATION_COLUMNS = ["matrix", "arm", "dataset_id", "task", "task_group", "method", "n", "train_rows", "eval_docs",
+                         "overlapping_rows", "overlapping_docs", "examples"]
+
+
+def record_contamination(con, matrix: str, rows: list[dict]) -> None:
+    """Replace the matrix's audit of the arms in `rows` (one dict per arm x task, CONTAMINATION_COLUMNS)."""
+    with transaction(con):
+        for arm in {r["arm"] for r in rows}:
+            con.execute("DELETE FROM contamination WHERE matrix = ? AND arm = ?", [matrix, arm])
+        if rows:
+            con.executemany(f"INSERT INTO contamination ({', '.join(CONTAMINATION_COLUMNS)}) VALUES "
+                            f"({', '.join('?' * len(CONTAMINATION_COLUMNS))})",
+                            [[matrix] + [json.dumps(r[c]) if c == "examples" else r[c]
+                                         for c in CONTAMINATION_COLUMNS[1:]] for r in rows])
 
 
 def summary_rows(db: Path, matrix: str) -> tuple[list[str], list[tuple]]:
