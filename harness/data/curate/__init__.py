@@ -38,7 +38,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "balance": {"n"}, "random": {"n", "like", "match", "by"}, "longest": {"n", "like", "by"},
     "diversity": {"n", "method", "embed", "on", "clusters"},
     "best_of_k": {"policy", "k", "threshold"} | GEN_KEYS | _ALL_SCORER_KEYS, "distill": {"teacher"} | GEN_KEYS,
-    "decontaminate": {"against", "method", "n", "threshold"},
+    "decontaminate": {"against", "method", "n", "threshold", "embed"},
 }
 MODEL_KEYS = ("policy", "teacher", "model")  # parameters naming a model: their fingerprints join the recipe's id
 MAIN_PARAM = {"filter": "scorer", "random": "n", "longest": "n", "balance": "n", "diversity": "n", "dedup": "method",
@@ -66,10 +66,11 @@ _VALUES = {("random", "n"): (_is_count, "a positive integer"), ("longest", "n"):
            ("longest", "by"): (lambda v: v in ("chars", "words"), "chars or words"),
            ("decontaminate", "against"): (lambda v: v == "eval" or isinstance(v, list) and v and all(
                isinstance(t, str) for t in v), "eval or a list of task names"),
-           ("decontaminate", "method"): (lambda v: v in ("ngram", "minhash"), "ngram or minhash"),
+           ("decontaminate", "method"): (lambda v: v in ("ngram", "minhash", "embedding"),
+                                         "ngram, minhash or embedding"),
            ("decontaminate", "n"): (_is_count, "a positive integer (words per n-gram)"),
            ("decontaminate", "threshold"): (lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
-                                            "a Jaccard similarity in (0, 1]")}
+                                            "a similarity in (0, 1]")}
 
 
 def parse_step(raw) -> tuple[str, dict]:

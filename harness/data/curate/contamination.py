@@ -5,8 +5,9 @@ A document is a task's input as lm-eval renders it followed by its target (harne
 `ngram` (the default): a row overlaps a document when they share a word n-gram of their normalised text (n = 13,
 as in GPT-3's and lm-eval's decontamination; arithmetic symbols count as words); a document shorter than n words overlaps a row that contains all of
 it, and one under MIN_WORDS words is too short to tell (a bare number or word) and is not searched. `minhash`:
-the Jaccard similarity of their character 5-grams >= threshold, the dedup step's measure: it finds paraphrased
-copies of a document, but not a document inside a much longer row.
+the Jaccard similarity of their character 5-grams >= threshold (default 0.6), the dedup step's measure: it finds
+reformatted copies of a document, but not a document inside a much longer row. `embedding`: the cosine similarity
+of their embeddings (`embed`: static, the default here, or minilm) >= threshold (default 0.9): paraphrases too.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import numpy as np
 from harness.data.curate import ngrams
 from harness.data.curate.base import Context, RecipeError, Step, text_of
 from harness.data.curate.ngrams import normalise
+from harness.data.embed import METHODS as EMBEDDINGS
+from harness.data.embed import embed as embed_texts
+from harness.data.generate import Meter
 
-METHODS = ("ngram", "minhash")
+METHODS = ("ngram", "minhash", "embedding")
+THRESHOLD = {"minhash": 0.6, "embedding": 0.9}
 MIN_WORDS = 4  # "What is 9 + 5? 14" is 5 words: the skills tasks' shortest documents are searched
 _CHUNK = 50_000  # training texts hashed at once: 50k rows of ~20 words are 1M words, 13 uint64 arrays of them
 
@@ -26,10 +31,16 @@ class Index:
     """The documents of the evaluation tasks, ready to be searched: docs[i] = (task, doc id, text)."""
 
     def __init__(self, docs: list[tuple[str, int, str]], method: str = "ngram", n: int = 13,
-                 threshold: float = 0.6):
+                 threshold: float | None = None, embed: str = "static"):
         if method not in METHODS:
-            raise RecipeError(f"decontaminate: unknown method {method!r}; expected {' or '.join(METHODS)}")
-        self.docs, self.method, self.n, self.threshold = docs, method, n, threshold
+            raise RecipeError(f"decontaminate: unknown method {method!r}; expected {', '.join(METHODS)}")
+        if embed not in EMBEDDINGS:
+            raise RecipeError(f"decontaminate: unknown embed {embed!r}; expected {', '.join(EMBEDDINGS)}")
+        self.docs, self.method, self.n, self.embed = docs, method, n, embed
+        self.threshold = THRESHOLD.get(method, 0.0) if threshold is None else threshold
+        if method == "embedding":
+            self.vectors = self._embed([t for _, _, t in docs])
+            return
         norm = [(ngrams.words if method == "ngram" else normalise)(t) for _, _, t in docs]
         self.owner: dict[int, list[int]] = {}  # n-gram hash or band key -> documents
         if method == "ngram":
@@ -58,8 +69,13 @@ class Index:
         """For each text, the documents it overlaps (indices into docs, in order)."""
         out: list[list[int]] = [[] for _ in texts]
         for s in range(0, len(texts), _CHUNK):
-            norm = [(ngrams.words if self.method == "ngram" else normalise)(t) for t in texts[s:s + _CHUNK]]
-            hits = self._ngram_hits(norm) if self.method == "ngram" else self._minhash_hits(norm)
+            chunk = texts[s:s + _CHUNK]
+            if self.method == "embedding":
+                hits = self._embedding_hits(chunk)
+            elif self.method == "ngram":
+                hits = self._ngram_hits([ngrams.words(t) for t in chunk])
+            else:
+                hits = self._minhash_hits([normalise(t) for t in chunk])
             for r, docs in hits.items():
                 out[s + r] = sorted(docs)
         return out
@@ -84,16 +100,27 @@ class Index:
                     hits[r] = docs
         return hits
 
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return embed_texts(texts, self.embed, None, Meter())
+
+    def _embedding_hits(self, texts: list[str]) -> dict[int, set[int]]:
+        sims = self._embed(texts) @ self.vectors.T
+        return {int(r): set(np.flatnonzero(sims[r] >= self.threshold).tolist())
+                for r in np.flatnonzero(sims.max(axis=1, initial=-1) >= self.threshold)}
+
     def describe(self) -> str:
-        return f"word {self.n}-grams" if self.method == "ngram" else f"5-gram Jaccard >= {self.threshold:g}"
+        return {"ngram": f"word {self.n}-grams", "minhash": f"5-gram Jaccard >= {self.threshold:g}",
+                "embedding": f"{self.embed} cosine >= {self.threshold:g}"}[self.method]
 
 
 def index_for(params: dict) -> Index:
     """The Index of a decontaminate step's tasks (resolved by the recipe: `tasks`, `include`)."""
     from harness.eval.tasks import documents  # evaluation documents, read through lm-eval (cached)
 
+    threshold = params.get("threshold")
     return Index(documents(params["tasks"], tuple(params.get("include", ()))), params.get("method", "ngram"),
-                 int(params.get("n", 13)), float(params.get("threshold", 0.6)))
+                 int(params.get("n", 13)), None if threshold is None else float(threshold),
+                 params.get("embed", "static"))
 
 
 def decontaminate(rows: list[dict], params: dict, ctx: Context) -> Step:

@@ -90,7 +90,7 @@ def _embedding_dups(x: np.ndarray, threshold: float, block: int = 1024) -> list[
 def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
     """Exact duplicates (same normalised prompt and response), then near duplicates: `method` minhash (Jaccard of
     character 5-grams of prompt + response >= threshold, default 0.6), embedding (cosine similarity of the
-    embeddings of prompt + response >= threshold, default 0.95) or exact (none). The first occurrence is kept."""
+    embeddings of prompt + response >= threshold, default 0.95; `embed`: minilm, static or tfidf) or exact (none). The first occurrence is kept."""
     method = params.get("method", "minhash")
     if method not in ("minhash", "embedding", "exact"):
         raise RecipeError(f"dedup: unknown method {method!r}; expected minhash, embedding or exact")

@@ -111,9 +111,9 @@ def longest(rows: list[dict], params: dict, ctx: Context) -> Step:
 
 
 def diversity(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """n rows covering the prompt space: embeddings (`embed`: minilm, or tfidf without a model) of the prompts (`on:
-    prompt`, or `both` with the response), selected by k-center greedy (`method: kcenter`) or cluster-balanced
-    sampling (`method: clusters`, `clusters` k-means groups, default 64)."""
+    """n rows covering the prompt space: embeddings (`embed`: minilm, static, or tfidf without a model) of the
+    prompts (`on: prompt`, or `both` with the response), selected by k-center greedy (`method: kcenter`) or
+    cluster-balanced sampling (`method: clusters`, `clusters` k-means groups, default 64)."""
     if "n" not in params:
         raise RecipeError("diversity needs n: <count>")
     n, method = int(params["n"]), params.get("method", "kcenter")
