@@ -134,8 +134,14 @@ def _static():
     return StaticModel.from_pretrained(str(static_model_path()))
 
 
+_STATIC_PIECES = 512  # model2vec's default cut: the mean of a text's first 512 word pieces
+
+
 def _static_vectors(texts: list[str]) -> np.ndarray:
-    v = _static().encode(texts, show_progress_bar=False).astype(np.float32)
+    # cut to the words that can be read first (as for MiniLM): tokenizing is the whole cost of a static embedding,
+    # and a 1,200-word chat turn would otherwise be tokenized to the end to keep its first 512 pieces
+    cut = [truncate(t, _STATIC_PIECES) for t in texts]
+    v = _static().encode(cut, show_progress_bar=False, max_length=_STATIC_PIECES).astype(np.float32)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(norms == 0, 1, norms)
 

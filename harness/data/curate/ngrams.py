@@ -35,21 +35,30 @@ def words(text: str) -> str:
 def shingles(norm: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Character K-gram codes of normalised texts, concatenated: (codes, offsets), text i's codes are
     codes[offsets[i]:offsets[i+1]] (duplicates within a text kept: a MinHash ignores them)."""
-    buf = np.frombuffer("".join(norm).encode(), dtype=np.uint8).astype(np.uint64)
+    joined = "".join(norm).encode()
     lens = np.fromiter(map(len, norm), dtype=np.int64, count=len(norm))
-    starts = np.concatenate(([0], np.cumsum(lens)))
-    windows = max(len(buf) - K + 1, 0)
-    code = np.zeros(windows, np.uint64)
-    for j in range(K):  # 5 bytes -> one 40-bit code
-        code = (code << np.uint64(8)) | buf[j:j + windows]
+    ends = np.cumsum(lens)
+    windows = max(len(joined) - K + 1, 0)
+    # every window of the joined texts at once: 8 bytes read big-endian from each position (7 bytes of padding
+    # at the end), the last 3 shifted out
+    view = np.ndarray((windows,), ">u8", joined + bytes(7), strides=(1,))
+    code = view.astype(np.uint64) >> np.uint64(8 * (8 - K))
+    valid = np.ones(windows, bool)  # a window that runs into the next text is not a K-gram of either
+    cross = (ends[:-1, None] - np.arange(1, K)[None, :]).ravel()
+    valid[cross[(cross >= 0) & (cross < windows)]] = False
     counts = np.maximum(lens - K + 1, 1)
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    # a window starting at p belongs to text i when it ends inside it: p in [starts[i], starts[i+1] - K]
-    idx = np.repeat(starts[:-1], counts) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts))
     short = np.flatnonzero(lens < K)
-    out = code[np.minimum(idx, max(len(code) - 1, 0))] if len(code) else np.zeros(len(idx), np.uint64)
-    for i in short:  # rare: texts of 0-4 characters
-        out[offsets[i]] = _SHORT | np.uint64(int.from_bytes(norm[i].encode(), "big"))
+    if not len(short):
+        return code[valid], offsets
+    out = np.empty(offsets[-1], np.uint64)  # rare: texts of 0-4 characters are one code each, their whole text
+    at_short = np.zeros(len(out), bool)
+    at_short[offsets[short]] = True
+    starts = ends - lens
+    for i in short:  # their windows (if any) all cross into the next text, so none is valid
+        valid[starts[i]:min(ends[i], windows)] = False
+    out[~at_short] = code[valid]
+    out[offsets[short]] = [int(_SHORT) | int.from_bytes(norm[i].encode(), "big") for i in short]
     return out, offsets
 
 
