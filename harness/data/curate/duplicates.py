@@ -23,46 +23,58 @@ _MARGIN = 0.15
 _CHUNK = 10_000  # texts signed at once: 10k texts of ~3,000 characters are 30M codes (240 MB), then freed
 
 
+def _bands(norm: list[str]) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """Every text's signature (8 bits a value: enough for the estimate, two different values agree once in 256)
+    and, per band, the groups of texts that share the band's key. Only groups of two or more are kept (a text
+    alone in every band has nothing to be compared with), so 1M texts cost (texts, 128) bytes plus (texts, 32)
+    group numbers, not a Python bucket per band and text. Returns (signatures, group of each text in each band or
+    -1, members of each group in order)."""
+    sig8 = np.empty((len(norm), ngrams.N_PERM), np.uint8)
+    keys = np.empty((len(norm), ngrams.BANDS), np.uint64)
+    for s in range(0, len(norm), _CHUNK):
+        sig = ngrams.signatures(*ngrams.shingles(norm[s:s + _CHUNK]))
+        sig8[s:s + len(sig)], keys[s:s + len(sig)] = sig, ngrams.band_keys(sig)
+    group = np.full(keys.shape, -1, np.int64)
+    members: list[list[int]] = []
+    for b in range(ngrams.BANDS):
+        _, inv, counts = np.unique(keys[:, b], return_inverse=True, return_counts=True)
+        shared = np.flatnonzero(counts[inv] >= 2)
+        if not len(shared):
+            continue
+        order = shared[np.argsort(inv[shared], kind="stable")]  # by group, texts in order within each
+        cuts = np.flatnonzero(np.diff(inv[order])) + 1
+        for g, rows in enumerate(np.split(order, cuts), start=len(members)):
+            group[rows, b] = g
+            members.append(rows.tolist())
+    return sig8, group, members
+
+
 def _minhash_dups(norm: list[str], threshold: float) -> list[tuple[int, float] | None]:
     """For each normalised text, the earlier kept one it near-duplicates (Jaccard of character 5-grams >=
     threshold)."""
-    sets: dict[int, np.ndarray] = {}  # 5-gram sets of the texts a band brought together, made when first needed
-    chunk: tuple[int, np.ndarray, np.ndarray] = (0, np.zeros(0, np.uint64), np.zeros(1, np.int64))
-    # signatures cut to 16 bits for the estimate: two different values then agree by chance once in 65,536
-    sigs = np.empty((len(norm), ngrams.N_PERM), np.uint16)
+    sig8, group, members = _bands(norm)
+    sets: dict[int, np.ndarray] = {}  # 5-gram sets of the texts compared exactly, made when first needed
 
     def code_set(i: int) -> np.ndarray:
         if i not in sets:
-            s, codes, offsets = chunk
-            if i >= s:  # in the chunk being searched: its codes are at hand
-                sets[i] = np.unique(codes[offsets[i - s]:offsets[i - s + 1]])
-            else:
-                sets[i] = np.unique(ngrams.shingles([norm[i]])[0])
+            sets[i] = np.unique(ngrams.shingles([norm[i]])[0])
         return sets[i]
 
-    buckets: dict[int, list[int]] = {}
-    out: list[tuple[int, float] | None] = []
-    for s in range(0, len(norm), _CHUNK):
-        codes, offsets = ngrams.shingles(norm[s:s + _CHUNK])
-        chunk = (s, codes, offsets)
-        sig = ngrams.signatures(codes, offsets)
-        sigs[s:s + len(sig)] = sig
-        for i, row in enumerate(ngrams.band_keys(sig).tolist(), start=s):
-            match = None
-            near = list(dict.fromkeys(other for key in row for other in buckets.get(key, ())))
-            if near:
-                estimate = (sigs[near] == sigs[i]).mean(axis=1)
-                for j in np.argsort(-estimate, kind="stable"):
-                    if estimate[j] < threshold - _MARGIN:
-                        break
-                    sim = ngrams.jaccard(code_set(i), code_set(near[j]))
-                    if sim >= threshold:
-                        match = (near[j], sim)
-                        break
-            out.append(match)
-            if not match:
-                for key in row:
-                    buckets.setdefault(key, []).append(i)
+    kept = np.ones(len(norm), bool)
+    out: list[tuple[int, float] | None] = [None] * len(norm)
+    for i in np.flatnonzero((group >= 0).any(axis=1)).tolist():
+        near = list(dict.fromkeys(m for g in group[i][group[i] >= 0].tolist() for m in members[g] if m < i))
+        near = [m for m in near if kept[m]]
+        if not near:
+            continue
+        estimate = (sig8[near] == sig8[i]).mean(axis=1)
+        for j in np.argsort(-estimate, kind="stable"):
+            if estimate[j] < threshold - _MARGIN:
+                break
+            sim = ngrams.jaccard(code_set(i), code_set(near[j]))
+            if sim >= threshold:
+                out[i], kept[i] = (near[j], sim), False
+                break
     return out
 
 
