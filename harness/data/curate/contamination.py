@@ -55,7 +55,7 @@ class Index:
             self.keys = np.array(sorted(self.owner), dtype=np.uint64)
         else:
             codes, offsets = ngrams.shingles(norm)
-            self.sets = [np.unique(codes[offsets[i]:offsets[i + 1]]) for i in range(len(norm))]
+            self.sets = [ngrams.distinct(codes[offsets[i]:offsets[i + 1]]) for i in range(len(norm))]
             for i, row in enumerate(ngrams.band_keys(ngrams.signatures(codes, offsets)).tolist()):
                 for key in row:
                     self._own(key, i)
@@ -94,7 +94,7 @@ class Index:
         for r, row in enumerate(ngrams.band_keys(ngrams.signatures(codes, offsets)).tolist()):
             candidates = {d for key in row for d in self.owner.get(key, ())}
             if candidates:
-                mine = np.unique(codes[offsets[r]:offsets[r + 1]])
+                mine = ngrams.distinct(codes[offsets[r]:offsets[r + 1]])
                 docs = {d for d in candidates if ngrams.jaccard(mine, self.sets[d]) >= self.threshold}
                 if docs:
                     hits[r] = docs

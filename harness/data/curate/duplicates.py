@@ -57,7 +57,7 @@ def _minhash_dups(norm: list[str], threshold: float) -> list[tuple[int, float] |
 
     def code_set(i: int) -> np.ndarray:
         if i not in sets:
-            sets[i] = np.unique(ngrams.shingles([norm[i]])[0])
+            sets[i] = ngrams.code_set(norm[i])
         return sets[i]
 
     kept = np.ones(len(norm), bool)

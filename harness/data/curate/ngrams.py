@@ -82,10 +82,28 @@ def band_keys(sig: np.ndarray) -> np.ndarray:
     return key
 
 
+def distinct(codes: np.ndarray) -> np.ndarray:
+    """The distinct codes, sorted: a sort and a comparison (numpy's hash-based np.unique took ~1 ms for 3,000
+    codes here, 20x longer)."""
+    codes = np.sort(codes)
+    return codes[np.concatenate(([True], codes[1:] != codes[:-1]))] if len(codes) else codes
+
+
+def code_set(text: str) -> np.ndarray:
+    """One normalised text's distinct K-gram codes, sorted (for jaccard)."""
+    return distinct(shingles([text])[0])
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """The Jaccard similarity of two sets given as sorted arrays of distinct codes (np.unique's output)."""
-    both = len(np.intersect1d(a, b, assume_unique=True))
-    return both / (len(a) + len(b) - both) if len(a) or len(b) else 1.0
+    """The Jaccard similarity of two sets given as sorted arrays of distinct codes (code_set's output): each
+    code of the smaller looked up in the larger by binary search."""
+    if len(a) > len(b):
+        a, b = b, a
+    if not len(b):
+        return 1.0
+    at = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    both = int(np.count_nonzero(b[at] == a))
+    return both / (len(a) + len(b) - both)
 
 
 class WordGrams:
