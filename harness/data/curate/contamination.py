@@ -136,7 +136,7 @@ def decontaminate(rows: list[dict], params: dict, ctx: Context) -> Step:
         task, doc_id, _ = index.docs[docs[0]]
         more = f" and {len(docs) - 1} more document(s)" if len(docs) > 1 else ""
         dropped.append((r["id"], f"overlaps {task} document {doc_id} ({index.describe()}){more}", float(len(docs))))
-        for t in {index.docs[d][0] for d in docs}:
+        for t in dict.fromkeys(index.docs[d][0] for d in docs):
             per_task[t] = per_task.get(t, 0) + 1
     return Step(kept, dropped, {"method": index.method, "n": index.n, "documents": len(index.docs),
                                 "dropped_by_task": per_task})

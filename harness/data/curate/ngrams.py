@@ -2,7 +2,7 @@
 
 Character 5-grams of a normalised text (ASCII, lower case, no punctuation) are packed into 40-bit integers: an exact
 code for each 5-gram, no hash collisions, so the Jaccard similarity of two code sets is that of the 5-gram sets.
-MinHash signatures of those sets come from rensa (Rust; 64 permutations). Word n-grams (the contamination check)
+MinHash signatures of those sets come from rensa (Rust; 128 permutations). Word n-grams (the contamination check)
 are polynomial hashes over per-word ids, computed for every window of every text by numpy.
 """
 
@@ -19,17 +19,20 @@ _SEED = 12345
 _SHORT = np.uint64(1 << 40)  # a text shorter than K characters is one code: its bytes with this bit above them
 
 
+def _ascii_lower(text: str) -> str:
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+
+
 def normalise(text: str) -> str:
     """Lower case, accents and punctuation removed, whitespace collapsed: exact duplicates up to formatting."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+    return " ".join(re.sub(r"[^\w\s]", " ", _ascii_lower(text)).split())
 
 
 def words(text: str) -> str:
     """normalise, but arithmetic symbols are words of their own: "What is 8 + 7?" and "What is 8 - 7?" are different
     questions (a word n-gram must tell them apart; a 5-gram Jaccard of whole rows barely notices)."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    return " ".join(re.sub(r"[^\w\s+\-*/=<>^%]", " ", re.sub(r"([+\-*/=<>^%])", r" \1 ", text)).split())
+    spaced = re.sub(r"([+\-*/=<>^%])", r" \1 ", _ascii_lower(text))
+    return " ".join(re.sub(r"[^\w\s+\-*/=<>^%]", " ", spaced).split())
 
 
 def shingles(norm: list[str]) -> tuple[np.ndarray, np.ndarray]:
