@@ -108,6 +108,8 @@ def test_every_matrix_run_audits_its_arms(ci_run):
     con.close()
     assert {(a, t) for a, t, _, _ in rows} == {(a, t) for a in arms for t in tasks}
     assert all(n == 0 and size > 0 for _, _, n, size in rows) and "contamination:" not in output
+    html = (results / "ci.html").read_text()  # the report shows the audit under the data cards
+    assert 'id="contamination"' in html and html.count("<td>0 of ") == 2 * len(rows)  # rows and documents
 
 
 def test_decontaminate_step_is_checked_before_it_runs():
