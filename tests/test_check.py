@@ -258,6 +258,19 @@ def test_the_gated_rows_are_the_primary_family():
     assert res.family in check.markdown(res)
 
 
+def test_contaminated_training_rows_fail_the_check_when_gated():
+    """max_contaminated_rows gates the candidate's contamination audit; by default it is only reported."""
+    scores = (np.arange(100) < 60).astype(float)
+    cand = side(scores, "cand")
+    cand.contamination = [("a", "t", 3)]
+    assert check.compare(side(scores, "baseline"), cand, check.Policy()).passed
+    assert check.compare(side(scores, "baseline"), cand, check.Policy(max_contaminated_rows=3)).passed
+    res = check.compare(side(scores, "baseline"), cand, check.Policy(max_contaminated_rows=0))
+    assert not res.passed and res.regressions.empty
+    assert check.verdict(res).startswith("FAIL: no regression") and "arm a: 3 training rows overlap t" in \
+        check.verdict(res)
+
+
 def test_example_workflow_runs_the_gate():
     """docs/ci-example.yml: valid YAML whose steps run the committed matrix and gate on `harness check`."""
     wf = yaml.safe_load((ROOT / "docs" / "ci-example.yml").read_text())

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from harness.data import curate, generate
+from harness.data import curate, generate, world
+from harness.data.curate import ngrams
 
 from helpers import CTX, arith, row
 
@@ -240,3 +241,32 @@ def test_reward_model_scorer(results, micro_base, tmp_path):
     scores, _ = curate.reward_scores(rows, {"model": str(folder)}, ctx)
     assert {r["id"] for r in res.kept} == {rows[i]["id"] for i in sorted(range(6), key=lambda i: -scores[i])[:2]}
     assert len(set(scores)) > 1 and ctx.meter.cached == 6  # the second call came from the cache
+
+
+def test_shingle_codes_are_the_character_5_grams():
+    """The vectorised codes are exactly the texts' 5-grams (texts shorter than 5 characters: the whole text)."""
+    texts = ["hello world", "abc", "", "abcde", "the cat sat on the mat"]
+    codes, offsets = ngrams.shingles(texts)
+    for i, t in enumerate(texts):
+        grams = {t[j:j + 5] for j in range(max(1, len(t) - 4))}
+        got = codes[offsets[i]:offsets[i + 1]].tolist()
+        assert len(set(got)) == len(grams)
+        if len(t) >= 5:
+            assert {c.to_bytes(5, "big").decode() for c in got} == grams
+
+
+def test_minhash_dedup_agrees_with_an_all_pairs_search():
+    """The LSH only picks candidates: the kept set is that of comparing every row with every earlier kept one
+    (exact Jaccard of 5-gram sets >= 0.6), up to pairs just above the threshold no band brings together."""
+    pool = world.generate_pool(3000, seed=1)
+    ctx = curate.Context(seed=0, sizes={})
+    exact = curate.dedup(pool, {"method": "exact"}, ctx).kept
+    sets = [{t[j:j + 5] for j in range(max(1, len(t) - 4))}
+            for t in (ngrams.normalise(r["prompt"] + " " + r["response"]) for r in exact)]
+    ref: list[int] = []
+    for i, s in enumerate(sets):
+        if not any(len(s & sets[j]) / len(s | sets[j]) >= 0.6 for j in ref):
+            ref.append(i)
+    kept = {r["id"] for r in curate.dedup(pool, {}, ctx).kept}
+    differ = kept ^ {exact[i]["id"] for i in ref}
+    assert len(exact) - len(ref) > 100 and len(differ) <= 2, differ

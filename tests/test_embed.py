@@ -19,7 +19,7 @@ def test_tfidf_gives_one_unit_vector_per_text_and_same_texts_same_vectors():
     assert v[0] @ v[1] < 0.99  # different texts, different directions
     assert meter.computed == 4 and meter.cached == 0  # each distinct text once; tfidf is never cached
     np.testing.assert_array_equal(embed.embed(texts, "tfidf", None, generate.Meter()), v)  # deterministic
-    with pytest.raises(ValueError, match="unknown embedding 'bert'; expected one of minilm, tfidf"):
+    with pytest.raises(ValueError, match="unknown embedding 'bert'; expected one of minilm, static, tfidf"):
         embed.embed(texts, "bert", None, meter)
 
 
@@ -74,3 +74,28 @@ def test_embedding_cache_and_truncation(tmp_path, monkeypatch):
         whole = embed._minilm().encode([long], normalize_embeddings=True)[0]
     np.testing.assert_allclose(whole, v[1], atol=1e-6)
     assert embed.truncate("short text", 256) == "short text"
+
+
+@pytest.mark.slow
+def test_static_embedder_is_distilled_once_and_sees_meaning(monkeypatch):
+    """model2vec distilled from the bundled MiniLM (minutes, once per machine; here once per test session): a
+    cached folder named by content, unit vectors, a paraphrase nearer than an unrelated text, and the same model
+    (no second distillation) for every later call. Usable by diversity, embedding dedup and decontaminate."""
+    from harness.data import curate
+    from harness.data.curate import contamination
+    from helpers import row
+
+    path = embed.static_model_path()
+    assert path.parent.name == "models" and path.name.startswith("model2vec-minilm-") and (path / "config.json").exists()
+    made = path.stat().st_mtime_ns
+    texts = ["What is the capital of France?", "What's the capital city of France?", "How many legs has a spider?"]
+    v = embed.embed(texts, "static", None, generate.Meter())
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+    assert embed.static_model_path() == path and path.stat().st_mtime_ns == made
+    rows = [row(i, t, "x") for i, t in enumerate(texts)]
+    ctx = curate.Context(seed=0, sizes={})
+    assert len(curate.diversity(rows, {"n": 2, "embed": "static"}, ctx).kept) == 2
+    assert curate.dedup(rows, {"method": "embedding", "embed": "static", "threshold": 0.9}, ctx).dropped[0][0] == "r1"
+    index = contamination.Index([("t", 0, texts[1])], method="embedding", threshold=0.9)
+    assert index.search(texts) == [[0], [0], []]

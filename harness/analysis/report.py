@@ -174,6 +174,18 @@ def _training_view(t) -> dict:
     return {"lengths": over, "loss_on": t["loss_on"], "example": example}
 
 
+def contamination(con, matrix: str) -> list[list[str]]:
+    """The matrix run's contamination audit: per arm and task, training rows overlapping evaluation documents."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'contamination'").fetchone()[0]:
+        return []  # a database from before migration 6
+    rows = con.execute("""SELECT arm, task, task_group, overlapping_rows, train_rows, overlapping_docs, eval_docs,
+                                 method, n, examples FROM contamination WHERE matrix = ? ORDER BY arm, task_group, task""",
+                       [matrix]).fetchall()
+    return [[arm, task, group, f"{hit:,} of {n_rows:,}", f"{docs} of {n_docs}", f"{method} (n={n})",
+             ", ".join(f"{e} ~ doc {d}" for e, d in json.loads(ex))]
+            for arm, task, group, hit, n_rows, docs, n_docs, method, n, ex in rows]
+
+
 def loss_curves(con, runs: pd.DataFrame) -> pd.DataFrame:
     sft = runs[runs["kind"] == "sft"][["run_id", "method", "arm", "seed"]]
     if sft.empty:
@@ -336,6 +348,7 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
         cards = data_cards(con, s.runs)
         losses = loss_curves(con, s.runs)
         browser = sample_browser(con, s.runs)
+        audit = contamination(con, name)
     tables = stats.analyse(s, opts, analysis)
     with store.writer(db) as con:
         stats.write(con, name, tables, opts)
@@ -360,7 +373,7 @@ def build(db: Path, matrix: str | None, output: Path | None, opts: stats.Options
                                                                           "steps", "examples", "epochs",
                                                                           "train tokens", "train s"],
         "run_rows": run_rows, "head_cols": cols, "head_rows": rows, "cost_sentence": cost[2],
-        "cost_column": cost[0], "cards": cards, "browser": browser,
+        "cost_column": cost[0], "cards": cards, "browser": browser, "audit": audit,
         "cmp_main": comparison_rows(tables.comparisons, agg),
         "baselines": baseline_rows(s.runs, tables.comparisons),
         "cmp_tasks": comparison_rows(tables.comparisons[~tables.comparisons["metric"].isin(agg)], None),

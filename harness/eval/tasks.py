@@ -288,3 +288,42 @@ def write_task_data(tasks_dir: Path = TASKS_DIR) -> list[Path]:
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         paths.append(path)
     return paths
+
+
+def evaluated_tasks(ev) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """What a matrix's `eval` section scores, and what its include folders hold: ([(task, group)], include
+    folders), group learn, forget or include. Task YAML paths become names, as in resolve_tasks."""
+    learn, include = split_refs(ev.learn, ev.include)
+    forget, include = split_refs(ev.forget, include)
+    out = [(t, "learn") for t in learn] + [(t, "forget") for t in forget]
+    seen = set(learn) | set(forget)
+    for folder in task_dirs(include)[:-1]:  # the include folders, not the built-in tasks/
+        out += [(t, "include") for t in _index(folder) if t not in seen]
+        seen |= set(_index(folder))
+    return out, tuple(include)
+
+
+def documents(names: list[str], include: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
+    """Every evaluation document of the tasks as (task, doc id, text): the input as lm-eval renders it, then the
+    target (a multiple-choice task's correct choice). Read through lm-eval's Task objects (~4 s for the built-in
+    tasks), so cached in $HARNESS_CACHE/eval_docs by the tasks' fingerprint: their definitions and data."""
+    from harness.core.cache import build_once, cache_dir
+
+    entry = cache_dir("eval_docs") / f"{task_fingerprint(names, include)}.json"
+    build_once(entry, lambda tmp: tmp.write_text(json.dumps(_documents(sorted(names), include))))
+    return [tuple(d) for d in json.loads(entry.read_text())]
+
+
+def _documents(names: list[str], include: tuple[str, ...]) -> list[list]:
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    _, tasks = _tasks(tuple(names), include)
+    out = []
+    for task in tasks:
+        for i, doc in enumerate(task.eval_docs):
+            target = task.doc_to_target(doc)
+            if task.OUTPUT_TYPE == "multiple_choice" and isinstance(target, int):
+                target = task.doc_to_choice(doc)[target]
+            target = target[0] if isinstance(target, list) and target else target
+            text = task.doc_to_text(doc) if task.OUTPUT_TYPE != "loglikelihood_rolling" else ""
+            out.append([task.config.task, i, f"{text}\n{target}".strip()])
+    return out

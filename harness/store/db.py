@@ -168,6 +168,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         ci_high DOUBLE, status VARCHAR, n_seeds INTEGER, arm_cost_usd DOUBLE, bulk_cost_usd DOUBLE,
         statement VARCHAR);
     """),
+    ("contamination", """
+    -- written by every `harness matrix run` for the arms it built: per arm and evaluation task, the training rows
+    -- that contain one of the task's documents (word n-grams; harness/data/curate/contamination.py)
+    CREATE TABLE contamination (
+        matrix VARCHAR, arm VARCHAR, dataset_id VARCHAR, task VARCHAR,
+        task_group VARCHAR,             -- learn | forget | include (a task of an include folder the matrix does not score)
+        method VARCHAR, n INTEGER,      -- ngram and words per n-gram
+        train_rows INTEGER, eval_docs INTEGER,
+        overlapping_rows INTEGER,       -- training rows that overlap at least one of the task's documents
+        overlapping_docs INTEGER,       -- the task's documents found in the training rows
+        examples JSON,                  -- up to five [example_id, doc_id] pairs
+        checked_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (matrix, arm, task));
+    """),
 ]
 
 
@@ -363,6 +376,22 @@ def matrix_analysis(con, matrix: str) -> dict | None:
     has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'matrix_analysis'").fetchone()
     row = con.execute("SELECT analysis FROM matrix_analysis WHERE matrix = ?", [matrix]).fetchone() if has[0] else None
     return json.loads(row[0]) if row else None
+
+
+CONTAMINATION_COLUMNS = ["matrix", "arm", "dataset_id", "task", "task_group", "method", "n", "train_rows", "eval_docs",
+                         "overlapping_rows", "overlapping_docs", "examples"]
+
+
+def record_contamination(con, matrix: str, rows: list[dict]) -> None:
+    """Replace the matrix's audit of the arms in `rows` (one dict per arm x task, CONTAMINATION_COLUMNS)."""
+    with transaction(con):
+        for arm in {r["arm"] for r in rows}:
+            con.execute("DELETE FROM contamination WHERE matrix = ? AND arm = ?", [matrix, arm])
+        if rows:
+            con.executemany(f"INSERT INTO contamination ({', '.join(CONTAMINATION_COLUMNS)}) VALUES "
+                            f"({', '.join('?' * len(CONTAMINATION_COLUMNS))})",
+                            [[matrix] + [json.dumps(r[c]) if c == "examples" else r[c]
+                                         for c in CONTAMINATION_COLUMNS[1:]] for r in rows])
 
 
 def summary_rows(db: Path, matrix: str) -> tuple[list[str], list[tuple]]:

@@ -85,6 +85,7 @@ class Result:
     notes: list[str]  # how each cell was paired, and the caveats
     changes: list[str]  # what differs between the sides without being required to match
     policy: Policy
+    contaminated: list[str] = dataclasses.field(default_factory=list)  # over max_contaminated_rows: fails the check
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -92,7 +93,7 @@ class Result:
 
     @property
     def passed(self) -> bool:
-        return self.regressions.empty
+        return self.regressions.empty and not self.contaminated
 
     @property
     def family(self) -> str:
@@ -170,7 +171,11 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
                   "gated": cell in gated_cells and m.name in gated_metrics, **_change(m, boot, pair, opts, policy),
                   "n_examples": sum(len(boot.b.tasks[t].doc_ids) for t in m.coefs)}
                  for m in boot.metrics if applies(m, cell)]
-    return Result(baseline.label, candidate.label, _table(rows, policy), list(dict.fromkeys(notes)), changes, policy)
+    limit = policy.max_contaminated_rows
+    dirty = [f"arm {arm}: {n} training rows overlap {task}" for arm, task, n in candidate.contamination
+             if limit is not None and n > limit]
+    return Result(baseline.label, candidate.label, _table(rows, policy), list(dict.fromkeys(notes)), changes, policy,
+                  dirty)
 
 
 @dataclass

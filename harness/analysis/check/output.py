@@ -51,8 +51,13 @@ def verdict(res: Result) -> str:
     gated = int(rows["gated"].sum())
     better = rows[rows["status"] == "improved"]
     tail = f"; {len(better)} improved ({', '.join(better['cell'] + ' ' + better['metric'])})" if len(better) else ""
+    if res.contaminated:
+        tail += (f"; contaminated (max_contaminated_rows {res.policy.max_contaminated_rows}): "
+                 f"{', '.join(res.contaminated)}")
     if res.passed:
         return f"PASS: no regression in {gated} gated metrics{tail}"
+    if res.regressions.empty:
+        return f"FAIL: no regression in {gated} gated metrics{tail}"
     which = ", ".join(f"{r.cell} {r.metric} {r.change:+.3f} (p {_p(r.p_adjusted).replace('<', '< ')})"
                       for r in reg.itertuples())
     return f"FAIL: {len(reg)} of {gated} gated metrics regressed: {which}{tail}"

@@ -35,6 +35,9 @@ class Policy:
     match: list[Literal["model", "eval", "method", "data", "budget", "train", "harness_version"]] = \
         field(default_factory=lambda: ["model", "eval"])  # what must be identical (else exit 2)
     n_boot: int = 1000  # bootstrap resamples (see stats.Options)
+    # training rows of an arm that may overlap one evaluation task's documents (the contamination table of the
+    # candidate's matrix run); None: reported by `matrix run` and the report, not gated
+    max_contaminated_rows: int | None = None
 
 
 GATE_WORDS = ("learn", "forget", "learn_tasks", "forget_tasks", "all")
@@ -57,6 +60,8 @@ def load_policy(path: Path | None) -> tuple[Policy, Fail]:
                    ("forget_max_growth", policy.forget_max_growth)):
         if v is not None and v < 0:
             ctx.fail((key,), f"expected an allowance >= 0 (or null), got {v}")
+    if policy.max_contaminated_rows is not None and policy.max_contaminated_rows < 0:
+        ctx.fail(("max_contaminated_rows",), f"expected a count >= 0 (or null), got {policy.max_contaminated_rows}")
     if policy.n_boot < 100:
         ctx.fail(("n_boot",), f"expected at least 100 resamples, got {policy.n_boot}")
     return policy, ctx.fail

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ class Side:
     scores: stats.Scores  # runs has, besides stats.load's columns: cell, harness_version, data (JSON)
     examples: dict[str, str]  # task -> fingerprint of the examples as evaluated (doc id, prompt, target)
     partial: bool = False  # one run id: only its cell is compared
+    contamination: list[tuple[str, str, int]] = field(default_factory=list)  # (arm, task, overlapping rows)
 
 
 def cell_key(model: str, method: str, arm) -> str:
@@ -86,7 +87,11 @@ def from_db(con, value: str, db: Path, what: str) -> Side:
         by_task.setdefault(task, []).append(rest)
     examples = {t: f"{stable_hash(by_task.get(t, [])):016x}" for t in s.tasks}
     name = f"run {value}" if partial else f"matrix {value}"
-    return Side(f"{what} {name} in {db}", name, s, examples, partial)
+    arms = list(dict.fromkeys(runs["arm"].dropna()))
+    dirty = con.execute("""SELECT arm, task, overlapping_rows FROM contamination WHERE matrix = ? AND overlapping_rows > 0
+                           AND arm IN (SELECT unnest(?)) ORDER BY arm, task""", [s.matrix, arms]).fetchall() \
+        if _has_table(con, "contamination") else []
+    return Side(f"{what} {name} in {db}", name, s, examples, partial, dirty)
 
 
 def _has_table(con, name: str) -> bool:

@@ -8,8 +8,8 @@ Steps: dedup (exact, MinHash-LSH or embedding near duplicates), filter (a plugga
 top_n), balance (equal skills), random (a seeded subset: the same-size control, or with `match: length` the
 length-matched control), longest (the N longest responses: the tough baseline of Zhao et al., ICML 2024, "Long Is
 More for Alignment"), diversity (n examples covering the prompt space: k-center greedy or cluster-balanced over
-embeddings), best_of_k (a policy samples K responses, a scorer picks the best) and distill (a teacher writes the
-responses).
+embeddings), best_of_k (a policy samples K responses, a scorer picks the best), distill (a teacher writes the
+responses) and decontaminate (rows that contain an evaluation document: see contamination.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 from harness.data.curate.base import Context, RecipeError, Step
+from harness.data.curate.contamination import decontaminate
 from harness.data.curate.duplicates import dedup
 from harness.data.curate.generation import GEN_KEYS, best_of_k, distill
 from harness.data.curate.scorers import SCORER_KEYS, SCORERS, reward_scores
@@ -24,12 +25,12 @@ from harness.data.curate.selection import k_center
 from harness.data.curate.subsets import balance, diversity, filter_, longest, random_subset
 
 __all__ = ["Context", "RecipeError", "Step", "dedup", "filter_", "balance", "random_subset", "longest", "diversity",
-           "best_of_k", "distill", "reward_scores", "k_center", "SCORERS",
+           "best_of_k", "distill", "decontaminate", "reward_scores", "k_center", "SCORERS",
            "STEPS", "STEP_KEYS", "MODEL_KEYS", "MAIN_PARAM", "StepError", "parse_step"]
 
 STEPS: dict[str, Callable[[list[dict], dict, Context], Step]] = {
     "dedup": dedup, "filter": filter_, "balance": balance, "random": random_subset, "longest": longest,
-    "diversity": diversity, "best_of_k": best_of_k, "distill": distill,
+    "diversity": diversity, "best_of_k": best_of_k, "distill": distill, "decontaminate": decontaminate,
 }
 _ALL_SCORER_KEYS = {"scorer"} | set().union(*SCORER_KEYS.values())
 STEP_KEYS: dict[str, set[str]] = {
@@ -37,10 +38,11 @@ STEP_KEYS: dict[str, set[str]] = {
     "balance": {"n"}, "random": {"n", "like", "match", "by"}, "longest": {"n", "like", "by"},
     "diversity": {"n", "method", "embed", "on", "clusters"},
     "best_of_k": {"policy", "k", "threshold"} | GEN_KEYS | _ALL_SCORER_KEYS, "distill": {"teacher"} | GEN_KEYS,
+    "decontaminate": {"against", "method", "n", "threshold", "embed"},
 }
 MODEL_KEYS = ("policy", "teacher", "model")  # parameters naming a model: their fingerprints join the recipe's id
 MAIN_PARAM = {"filter": "scorer", "random": "n", "longest": "n", "balance": "n", "diversity": "n", "dedup": "method",
-              "distill": "teacher", "best_of_k": "policy"}  # {random: 1000} means {random: {n: 1000}}
+              "distill": "teacher", "best_of_k": "policy", "decontaminate": "against"}  # {random: 1000} means {random: {n: 1000}}
 
 
 class StepError(ValueError):
@@ -61,7 +63,14 @@ _VALUES = {("random", "n"): (_is_count, "a positive integer"), ("longest", "n"):
            ("longest", "like"): (lambda v: isinstance(v, str), "the name of another arm"),
            ("random", "match"): (lambda v: v in ("count", "length"), "count or length"),
            ("random", "by"): (lambda v: v in ("chars", "words"), "chars or words"),
-           ("longest", "by"): (lambda v: v in ("chars", "words"), "chars or words")}
+           ("longest", "by"): (lambda v: v in ("chars", "words"), "chars or words"),
+           ("decontaminate", "against"): (lambda v: v == "eval" or isinstance(v, list) and v and all(
+               isinstance(t, str) for t in v), "eval or a list of task names"),
+           ("decontaminate", "method"): (lambda v: v in ("ngram", "minhash", "embedding"),
+                                         "ngram, minhash or embedding"),
+           ("decontaminate", "n"): (_is_count, "a positive integer (words per n-gram)"),
+           ("decontaminate", "threshold"): (lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+                                            "a similarity in (0, 1]")}
 
 
 def parse_step(raw) -> tuple[str, dict]:

@@ -43,6 +43,17 @@ def describe(scores: list[float] | np.ndarray) -> dict | None:
             "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}}
 
 
+def parts_of(row: dict, on: str = "both") -> tuple[str, ...]:
+    """The parts of a row a step compares or embeds: its prompt, its response, or both (the default of dedup and
+    decontaminate). Every step reads a row's text through here, so a new choice of text is one new branch."""
+    return {"prompt": (row["prompt"],), "response": (row["response"],), "both": (row["prompt"], row["response"])}[on]
+
+
+def text_of(row: dict, on: str = "both") -> str:
+    """The row's text for hashing and embedding: its parts, one a line."""
+    return "\n".join(parts_of(row, on))
+
+
 def response_length(row: dict, by: str = "chars") -> int:
     """The length of what trains in a row (its response; every assistant turn of a chat row) in characters (a
     tokenizer-free proxy for tokens: ~4 a token in English prose) or words."""

@@ -8,7 +8,7 @@ import random
 import numpy as np
 
 from harness.core.ids import stable_hash
-from harness.data.curate.base import Context, RecipeError, Step, describe, response_length
+from harness.data.curate.base import Context, RecipeError, Step, describe, response_length, text_of
 from harness.data.curate.scorers import score
 from harness.data.curate.selection import cluster_balanced, k_center, nearest_chosen
 from harness.data.embed import METHODS as EMBEDDINGS
@@ -111,9 +111,9 @@ def longest(rows: list[dict], params: dict, ctx: Context) -> Step:
 
 
 def diversity(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """n rows covering the prompt space: embeddings (`embed`: minilm, or tfidf without a model) of the prompts (`on:
-    prompt`, or `both` with the response), selected by k-center greedy (`method: kcenter`) or cluster-balanced
-    sampling (`method: clusters`, `clusters` k-means groups, default 64)."""
+    """n rows covering the prompt space: embeddings (`embed`: minilm, static, or tfidf without a model) of the
+    prompts (`on: prompt`, or `both` with the response), selected by k-center greedy (`method: kcenter`) or
+    cluster-balanced sampling (`method: clusters`, `clusters` k-means groups, default 64)."""
     if "n" not in params:
         raise RecipeError("diversity needs n: <count>")
     n, method = int(params["n"]), params.get("method", "kcenter")
@@ -123,8 +123,7 @@ def diversity(rows: list[dict], params: dict, ctx: Context) -> Step:
                           f"{' or '.join(EMBEDDINGS)}; got {method!r}, {on!r}, {name!r}")
     if n >= len(rows):
         return Step(list(rows), [], {"method": method, "embed": name, "note": f"n={n} >= {len(rows)} rows: all kept"})
-    x = embed([r["prompt"] + ("\n" + r["response"] if on == "both" else "") for r in rows], name, ctx.results,
-              ctx.meter)
+    x = embed([text_of(r, on) for r in rows], name, ctx.results, ctx.meter)
     if method == "kcenter":
         chosen, dist, nearest = k_center(x, n, ctx.seed)
     else:
