@@ -270,3 +270,45 @@ def test_minhash_dedup_agrees_with_an_all_pairs_search():
     kept = {r["id"] for r in curate.dedup(pool, {}, ctx).kept}
     differ = kept ^ {exact[i]["id"] for i in ref}
     assert len(exact) - len(ref) > 100 and len(differ) <= 2, differ
+
+
+def chat(i, *turns, system=None) -> dict:
+    """A chat row as sources.to_example makes it: its messages, and its history and last turn as prompt/response."""
+    from harness.data import sources
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": ("user", "assistant")[k % 2], "content": t} for k, t in enumerate(turns)]
+    return sources.to_example({"id": f"c{i}", "messages": messages}, "test", f"c{i}")
+
+
+def test_curation_reads_the_whole_conversation_of_a_chat_row():
+    """dedup compares whole conversations by default (two chats that share their last exchange but not their
+    first are different), `on: prompt | response` narrows it; heuristic rules hold every assistant turn; longest and
+    the length-matched control count every assistant turn."""
+    a = chat(0, "Tell me about cats.", "Cats are small carnivorous mammals kept as pets.", "And dogs?",
+             "Dogs are domesticated descendants of wolves.")
+    b = chat(1, "Tell me about lions.", "Lions are large cats of Africa.", "And dogs?",
+             "Dogs are domesticated descendants of wolves.")
+    c = chat(2, "Tell me about cats.", "Cats are small carnivorous mammals kept as pets.", "And dogs?",
+             "Dogs are domesticated descendants of wolves.", system="Be brief.")
+    assert [r["id"] for r in curate.dedup([a, b], {}, CTX).kept] == ["c0", "c1"]
+    assert [r["id"] for r in curate.dedup([a, b], {"on": "response"}, CTX).kept] == ["c0", "c1"]
+    exact = {"method": "exact"}
+    assert [r["id"] for r in curate.dedup([a, c], exact | {"on": "response"}, CTX).kept] == ["c0"]
+    assert [r["id"] for r in curate.dedup([a, c], exact, CTX).kept] == ["c0", "c2"]  # the system turn differs
+    bad = chat(3, "Hi", "x" * 5000, "Thanks", "You're welcome.")  # its first answer breaks max_chars
+    kept = curate.filter_([a, bad], {"scorer": "heuristic", "threshold": 1.0}, CTX).kept
+    assert [r["id"] for r in kept] == ["c0"]
+    assert [r["id"] for r in curate.longest([a, b, bad], {"n": 1}, CTX).kept] == ["c3"]
+    with pytest.raises(curate.StepError, match="expected prompt, response or conversation"):
+        curate.parse_step({"dedup": {"on": "everything"}})
+
+
+def test_diversity_embeds_whole_conversations_of_chat_rows(monkeypatch):
+    seen = []
+    monkeypatch.setattr("harness.data.curate.subsets.embed",
+                        lambda texts, *a: seen.append(texts) or __import__("numpy").eye(len(texts)))
+    rows = [chat(i, f"q{i}", f"a{i}", f"q{i}b", f"a{i}b") for i in range(3)]
+    curate.diversity(rows, {"n": 2}, CTX)
+    curate.diversity([row(i, f"p{i}", f"r{i}") for i in range(3)], {"n": 2}, CTX)
+    assert seen[0][0] == "q0\na0\nq0b\na0b" and seen[1][0] == "p0"  # chat: the conversation; else the prompt

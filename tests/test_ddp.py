@@ -2,6 +2,7 @@
 one batch of the global size."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from harness.data import world
 from harness.cli import app
 from harness.train.sft import batch_order, collate, encode_example, optimize, step_batches
 from harness.run.cell import train_cell
+from harness.spec.matrix import Train
 
 
 def _examples(tokenizer, n):
@@ -67,9 +69,8 @@ def _cell(results, devices: int, grad_accum: int = 1, steps: int = 10) -> dict:
     rows = world.generate_pool(size=41, seed=5, defects={k: 0.0 for k in world.DEFAULT_DEFECTS})
     (results / "data" / "d0").mkdir(parents=True, exist_ok=True)
     (results / "data" / "d0" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train = {"batch_size": 8, "max_length": 128, "schedule": "cosine", "warmup": 0.1, "weight_decay": 0.0,
-             "grad_clip": 1.0, "precision": "fp32", "attention": "eager", "packing": False,
-             "gradient_checkpointing": False, "grad_accum": grad_accum, "devices": devices}
+    train = dataclasses.asdict(Train(batch_size=8, max_length=128, precision="fp32", attention="eager",
+                                     grad_accum=grad_accum, devices=devices))
     return {"results": results, "model": "micro", "model_fingerprint": "micro", "dataset_id": "d0", "seed": 0,
             "budget": {"steps": steps}, "train": train, "method_cfg": {"kind": "full"}}
 

@@ -50,7 +50,6 @@ def test_sharegpt_rows_are_conversations(tmp_path):
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert row["response"] == "Goodbye." and "conversations" not in row
     assert sources.assistant_turns(row) == ["Hello.", "Goodbye."]
-    assert sources.row_text(row, "response") == "Hello.\n\nGoodbye."
     assert sources.history(row) == row["messages"][:-1]
     changed = sources.with_response(row, "See you.")
     assert changed["messages"][-1]["content"] == changed["response"] == "See you." and row["response"] == "Goodbye."

@@ -16,8 +16,8 @@ Chat rows stay conversations: `messages` (system, user and assistant turns; Shar
 model's chat template, loss on the assistant turns (harness/train/sft.py). The last turn must be the assistant's and
 the first after an optional system turn the user's. For curation and display a chat row also carries `prompt`, the
 history before the last assistant turn as a plain transcript ("System: ...\n\nUser: ...\n\nAssistant: ..."; a
-single user turn as is), and `response`, the last assistant turn. `row_text` is the one place curation reads a row's
-text from: its prompt, its assistant turns, or the whole conversation.
+single user turn as is), and `response`, the last assistant turn; curation reads a row's text through
+harness/data/curate/base.py `parts_of` (its prompt, its assistant turns, or the whole conversation).
 """
 
 from __future__ import annotations
@@ -79,16 +79,6 @@ def assistant_turns(row: dict) -> list[str]:
     if row.get("messages"):
         return [t["content"] for t in row["messages"] if t["role"] == "assistant"]
     return [row["response"]]
-
-
-def row_text(row: dict, on: str) -> str:
-    """What curation reads of a row: `prompt` (a chat row's history), `response` (every assistant turn) or
-    `conversation` (all of it)."""
-    if on == "prompt":
-        return row["prompt"]
-    if on == "response":
-        return "\n\n".join(assistant_turns(row))
-    return row["prompt"] + "\n\n" + row["response"]
 
 
 def history(row: dict) -> str | list[dict]:

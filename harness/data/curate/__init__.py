@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness.data.curate.base import Context, RecipeError, Step
+from harness.data.curate.base import ON, Context, RecipeError, Step
 from harness.data.curate.contamination import decontaminate
 from harness.data.curate.duplicates import dedup
 from harness.data.curate.generation import GEN_KEYS, best_of_k, distill
@@ -34,7 +34,7 @@ STEPS: dict[str, Callable[[list[dict], dict, Context], Step]] = {
 }
 _ALL_SCORER_KEYS = {"scorer"} | set().union(*SCORER_KEYS.values())
 STEP_KEYS: dict[str, set[str]] = {
-    "dedup": {"method", "threshold", "embed"}, "filter": {"threshold", "top_n"} | _ALL_SCORER_KEYS,
+    "dedup": {"method", "threshold", "embed", "on"}, "filter": {"threshold", "top_n"} | _ALL_SCORER_KEYS,
     "balance": {"n"}, "random": {"n", "like", "match", "by"}, "longest": {"n", "like", "by"},
     "diversity": {"n", "method", "embed", "on", "clusters"},
     "best_of_k": {"policy", "k", "threshold"} | GEN_KEYS | _ALL_SCORER_KEYS, "distill": {"teacher"} | GEN_KEYS,
@@ -64,6 +64,8 @@ _VALUES = {("random", "n"): (_is_count, "a positive integer"), ("longest", "n"):
            ("random", "match"): (lambda v: v in ("count", "length"), "count or length"),
            ("random", "by"): (lambda v: v in ("chars", "words"), "chars or words"),
            ("longest", "by"): (lambda v: v in ("chars", "words"), "chars or words"),
+           ("dedup", "on"): (lambda v: v in ON, "prompt, response or conversation"),
+           ("diversity", "on"): (lambda v: v in ON, "prompt, response or conversation"),
            ("decontaminate", "against"): (lambda v: v == "eval" or isinstance(v, list) and v and all(
                isinstance(t, str) for t in v), "eval or a list of task names"),
            ("decontaminate", "method"): (lambda v: v in ("ngram", "minhash", "embedding"),

@@ -43,13 +43,21 @@ def describe(scores: list[float] | np.ndarray) -> dict | None:
             "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}}
 
 
-def parts_of(row: dict, on: str = "both") -> tuple[str, ...]:
-    """The parts of a row a step compares or embeds: its prompt, its response, or both (the default of dedup and
-    decontaminate). Every step reads a row's text through here, so a new choice of text is one new branch."""
-    return {"prompt": (row["prompt"],), "response": (row["response"],), "both": (row["prompt"], row["response"])}[on]
+ON = ("prompt", "response", "conversation", "both")  # what a step reads of a row; `both` is conversation's old name
 
 
-def text_of(row: dict, on: str = "both") -> str:
+def parts_of(row: dict, on: str = "conversation") -> tuple[str, ...]:
+    """The parts of a row a step compares or embeds: `prompt` (a chat row's history before its last assistant turn,
+    as a transcript), `response` (every assistant turn of a chat row) or `conversation` (every turn: a {prompt,
+    response} row's two; the default of dedup and decontaminate). Every step reads a row's text through here."""
+    if on == "prompt":
+        return (row["prompt"],)
+    if on == "response":
+        return tuple(assistant_turns(row))
+    return tuple(m["content"] for m in row["messages"]) if row.get("messages") else (row["prompt"], row["response"])
+
+
+def text_of(row: dict, on: str = "conversation") -> str:
     """The row's text for hashing and embedding: its parts, one a line."""
     return "\n".join(parts_of(row, on))
 

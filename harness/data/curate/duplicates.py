@@ -108,16 +108,18 @@ def _embedding_dups(x: np.ndarray, threshold: float, block: int = 1024) -> list[
 
 
 def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """Exact duplicates (same normalised prompt and response), then near duplicates: `method` minhash (Jaccard of
-    character 5-grams of prompt + response >= threshold, default 0.6), embedding (cosine similarity of the
-    embeddings of prompt + response >= threshold, default 0.95; `embed`: minilm, static or tfidf) or exact (none). The first occurrence is kept."""
+    """Exact duplicates (same normalised text), then near duplicates: `method` minhash (Jaccard of character 5-grams
+    >= threshold, default 0.6), embedding (cosine similarity of the embeddings >= threshold, default 0.95; `embed`:
+    minilm, static or tfidf) or exact (none). The text is the whole conversation (`on`: conversation, the default; a
+    {prompt, response} row's prompt and response), or its prompt or response. The first occurrence is kept."""
     method = params.get("method", "minhash")
     if method not in ("minhash", "embedding", "exact"):
         raise RecipeError(f"dedup: unknown method {method!r}; expected minhash, embedding or exact")
     threshold = float(params.get("threshold", 0.95 if method == "embedding" else 0.6))
+    on = params.get("on", "conversation")
     kept, dropped, first, norm = [], [], {}, []
     for r in rows:
-        parts = [normalise(p) for p in parts_of(r)]
+        parts = [normalise(p) for p in parts_of(r, on)]
         key = "\x00".join(parts)
         if key in first:
             dropped.append((r["id"], f"exact duplicate of {first[key]}", 1.0))
@@ -133,7 +135,7 @@ def dedup(rows: list[dict], params: dict, ctx: Context) -> Step:
         name = params.get("embed", "minilm")
         if name not in EMBEDDINGS:
             raise RecipeError(f"dedup: unknown embed {name!r}; expected {' or '.join(EMBEDDINGS)}")
-        x = embed([text_of(r) for r in kept], name, ctx.results, ctx.meter)
+        x = embed([text_of(r, on) for r in kept], name, ctx.results, ctx.meter)
         matches, measure = _embedding_dups(x, threshold), f"{name} cosine"
     out = []
     for r, m in zip(kept, matches):

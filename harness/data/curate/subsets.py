@@ -111,16 +111,18 @@ def longest(rows: list[dict], params: dict, ctx: Context) -> Step:
 
 
 def diversity(rows: list[dict], params: dict, ctx: Context) -> Step:
-    """n rows covering the prompt space: embeddings (`embed`: minilm, static, or tfidf without a model) of the
-    prompts (`on: prompt`, or `both` with the response), selected by k-center greedy (`method: kcenter`) or
-    cluster-balanced sampling (`method: clusters`, `clusters` k-means groups, default 64)."""
+    """n rows covering the space of their texts: embeddings (`embed`: minilm, static, or tfidf without a model) of
+    `on` (prompt, response or conversation; by default the whole conversation of chat rows and the prompt of
+    {prompt, response} rows), selected by k-center greedy (`method: kcenter`) or cluster-balanced sampling
+    (`method: clusters`, `clusters` k-means groups, default 64)."""
     if "n" not in params:
         raise RecipeError("diversity needs n: <count>")
     n, method = int(params["n"]), params.get("method", "kcenter")
-    name, on = params.get("embed", "minilm"), params.get("on", "prompt")
-    if method not in ("kcenter", "clusters") or on not in ("prompt", "both") or name not in EMBEDDINGS:
-        raise RecipeError(f"diversity: expected method kcenter or clusters, on prompt or both, embed "
-                          f"{' or '.join(EMBEDDINGS)}; got {method!r}, {on!r}, {name!r}")
+    name = params.get("embed", "minilm")
+    on = params.get("on", "conversation" if any(r.get("messages") for r in rows) else "prompt")
+    if method not in ("kcenter", "clusters") or name not in EMBEDDINGS:
+        raise RecipeError(f"diversity: expected method kcenter or clusters, embed {' or '.join(EMBEDDINGS)}; got "
+                          f"{method!r}, {name!r}")
     if n >= len(rows):
         return Step(list(rows), [], {"method": method, "embed": name, "note": f"n={n} >= {len(rows)} rows: all kept"})
     x = embed([text_of(r, on) for r in rows], name, ctx.results, ctx.meter)
