@@ -60,7 +60,7 @@ def main() -> None:
             rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
             ours = [encode_conversation(tok, c, 10**6, loss_on) for c in CONVERSATIONS + short]
             with torch.no_grad():
-                theirs = trainer.compute_loss(model, trainer.data_collator(rows)).item()
+                theirs = trainer.compute_loss(trainer.model, trainer.data_collator(rows)).item()
                 total, count = label_loss(model, collate(ours, tok.pad_token_id))
             out[loss_on] = {"sharegpt_ids_identical": f"{same_ids}/{len(chats)}",
                             "sharegpt_labels_identical": f"{same_labels}/{len(chats)}",

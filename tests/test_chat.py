@@ -176,7 +176,9 @@ def trl_dataset(tok, model, conversations, loss_on: str, tmp_path):
     args = SFTConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, report_to=[], max_length=None,
                      assistant_only_loss=loss_on == "all", per_device_train_batch_size=len(rows),
                      activation_checkpointing=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    # a copy: TRL aligns the model's config with the tokenizer (pad, eos), and the session's micro model is shared
+    trainer = SFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
     return trainer
 
 
@@ -195,7 +197,7 @@ def test_token_ids_and_loss_equal_trl(micro_model, loss_on, tmp_path):
     assert [e.labels for e in ours] == [ds[i]["labels"] for i in range(len(ds))]
     batch = trainer.data_collator([ds[i] for i in range(len(ds))])
     with torch.no_grad():
-        theirs = trainer.compute_loss(model, batch)
+        theirs = trainer.compute_loss(trainer.model, batch)
         total, n = label_loss(model, collate(ours, tok.pad_token_id))
     assert (total / n).item() == pytest.approx(theirs.item(), rel=1e-5)
 
