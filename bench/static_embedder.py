@@ -42,7 +42,7 @@ def main() -> None:
     from harness.data.curate import k_center
 
     if args.jsonl:
-        rows = sources.read_jsonl(args.jsonl)
+        rows = sources.read_jsonl(args.jsonl, skip_bad=True)  # a real export has malformed rows: skipped
     else:
         path = Path(os.environ.get("TMPDIR", "/tmp")) / "static-embedder-bench.jsonl"
         path.write_text("".join(json.dumps(c) + "\n" for c in conversations(max(args.rows, args.speed_rows))))

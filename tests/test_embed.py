@@ -99,3 +99,18 @@ def test_static_embedder_is_distilled_once_and_sees_meaning(monkeypatch):
     assert curate.dedup(rows, {"method": "embedding", "embed": "static", "threshold": 0.9}, ctx).dropped[0][0] == "r1"
     index = contamination.Index([("t", 0, texts[1])], method="embedding", threshold=0.9)
     assert index.search(texts) == [[0], [0], []]
+
+
+@pytest.mark.slow
+def test_static_vectors_are_model2vecs_own():
+    """The harness pools the static model's piece vectors as one sparse product (model2vec loops in Python): the same
+    vectors as model2vec's encode, on texts shorter and longer than the pieces read, with unknown pieces, and empty."""
+    long = " ".join(f"word{i} and, punctuation!" for i in range(400))
+    texts = ["What is the capital of France?", long, "\u2603\u2604 snowman \U0001f600", "", "a " * 600]
+    model = embed._static()
+    want = model.encode([embed.truncate(t, embed._STATIC_PIECES) for t in texts], max_length=embed._STATIC_PIECES,
+                        use_multiprocessing=False).astype(np.float32)
+    want /= np.where((n := np.linalg.norm(want, axis=1, keepdims=True)) == 0, 1, n)
+    got = embed._static_vectors(texts)
+    np.testing.assert_allclose(got, want, atol=2e-3)  # model2vec averages in float16
+    assert (got[1] @ want[1]) > 0.9999 and not got[3].any()

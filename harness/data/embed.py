@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import itertools
 import os
 import time
 import uuid
@@ -63,8 +64,8 @@ def _minilm_tag() -> str:
 def truncate(text: str, pieces: int) -> str:
     """The first `pieces` words of `text`. The model reads at most `pieces` word pieces and every whitespace-separated
     word is at least one piece, so the cut text tokenizes to the same first `pieces` pieces: same embedding, and a
-    10,000-word text costs the tokenizer no more than a 256-word one."""
-    words = text.split()
+    10,000-word text costs the tokenizer no more than a 256-word one (maxsplit: nor does the split)."""
+    words = text.split(maxsplit=pieces)
     return text if len(words) <= pieces else " ".join(words[:pieces])
 
 
@@ -127,6 +128,11 @@ def static_model_path() -> Path:
     return build_once(cache_dir("models") / f"model2vec-minilm-{h.hexdigest()[:16]}", distil)
 
 
+# MiniLM's own limit (its max_seq_length): the static model reads the span of a text that the model it was distilled
+# from reads, and tokenizing half of model2vec's default 512 pieces doubles the speed on chat-length texts
+_STATIC_PIECES = 256
+
+
 @functools.lru_cache(maxsize=1)
 def _static():
     from model2vec import StaticModel
@@ -134,18 +140,31 @@ def _static():
     return StaticModel.from_pretrained(str(static_model_path()))
 
 
-_STATIC_PIECES = 512  # model2vec's default cut: the mean of a text's first 512 word pieces
-
-
 def _static_vectors(texts: list[str]) -> np.ndarray:
-    # cut to the words that can be read first (as for MiniLM): tokenizing is the whole cost of a static embedding,
-    # and a 1,200-word chat turn would otherwise be tokenized to the end to keep its first 512 pieces
-    cut = [truncate(t, _STATIC_PIECES) for t in texts]
-    # model2vec's own multiprocessing (over 10k texts) sets TOKENIZERS_PARALLELISM=false for the rest of the process
-    # and runs Python threads; the tokenizer's own threads are what scales: 8,000-10,000 ShareGPT-length texts
-    # tokenized at 2,080-2,280/s with both cores free, 1,130-1,250/s on one (the variable set, or a busy machine)
-    v = _static().encode(cut, show_progress_bar=False, max_length=_STATIC_PIECES,
-                         use_multiprocessing=False).astype(np.float32)
+    """model2vec's `encode` (the mean of a text's first _STATIC_PIECES piece vectors), pooled by torch's embedding_bag.
+
+    Tokenizing is what a static embedding should cost: model2vec averages each text's vectors in a Python loop, which
+    took as long as the tokenizer (13.6 s and 13.0 s for 20,000 ShareGPT-length texts on a 2-core EPYC); one
+    embedding_bag over all of them takes a fraction of a second. tests/test_embed.py checks the vectors against
+    model2vec's own."""
+    import torch
+
+    model = _static()
+    # cut to the words that can be read first (as for MiniLM): a 1,200-word chat turn would otherwise be tokenized to
+    # the end to keep its first pieces; then model2vec's own character cut, which its encode applies too
+    chars = _STATIC_PIECES * model.median_token_length
+    model.tokenizer.enable_truncation(_STATIC_PIECES)  # what model2vec's encode(max_length=...) sets (and unsets)
+    ids = model.tokenize([truncate(t, _STATIC_PIECES)[:chars] for t in texts])
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())))
+    weights = (1.0 / lengths.clamp(min=1)).repeat_interleave(lengths)
+    if model.weights is not None:  # model2vec's piece weights and vocabulary mapping, where a model has them
+        weights = weights * torch.from_numpy(model.weights.astype(np.float32))[flat]
+    if model.token_mapping is not None:
+        flat = torch.from_numpy(model.token_mapping)[flat]
+    table = torch.from_numpy(model.embedding.astype(np.float32))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    v = torch.nn.functional.embedding_bag(flat, table, offsets, mode="sum", per_sample_weights=weights).numpy()
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(norms == 0, 1, norms)
 
