@@ -10,7 +10,9 @@ independent across runs). The mean over seeds has Var = Var(e) + Var(u) / S, est
     Var(e): the bootstrap over examples, seeds held fixed (one draw of examples shared by every run): the covariance of
             two seeds' resampled means, i.e. the variance of the resampled mean over seeds less each run's own part
             (the variance of one seed's resampled mean less that covariance), which is in u_s and counted there;
-    Var(u): s^2, the sample variance of x_s over the S seeds (ddof 1), which has S - 1 degrees of freedom.
+    Var(u): s^2, the sample variance of x_s over the S seeds (ddof 1), which has S - 1 degrees of freedom, and at
+            least a run's own example noise, which u_s contains and the bootstrap measures from the examples (so two
+            seeds of binary scores that tie exactly, s^2 = 0, do not make the test infinitely sure).
 So SE^2 = Var(e) + s^2 / S. Each part is scaled by the quantile of its own distribution and the two are added in
 quadrature: the interval is  mean +- sqrt(z^2 Var(e) + t_df^2 s^2 / S), z the normal quantile (Var(e) rests on the
 examples, dozens to thousands of them: counted as exact) and t_df Student's with the seed part's df = S - 1; the
@@ -99,7 +101,8 @@ def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.
         cov = np.cov(g[:, 1:])
         own = np.trace(cov) / s - (cov.sum() - np.trace(cov)) / (s * (s - 1))  # a run's own example noise
         var_ex -= own / s  # it is in s^2 below: count it once
-        seed_parts.append((float(np.var(g[:, 0], ddof=1)) / s, s - 1))
+        # s^2 is at least a run's own example noise, which u_s contains (seeds of binary scores can tie: s^2 = 0)
+        seed_parts.append((float(np.maximum(np.var(g[:, 0], ddof=1), own)) / s, s - 1))
     var_ex = float(np.maximum(var_ex, 0.0))  # NaN stays NaN
     var_seed = sum(q for q, _ in seed_parts)
     df = var_seed ** 2 / sum(q ** 2 / d for q, d in seed_parts) if var_seed > 0 else np.inf
