@@ -47,7 +47,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 from scipy.optimize import brentq
 
 
@@ -108,7 +108,8 @@ def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.
     df = var_seed ** 2 / sum(q ** 2 / d for q, d in seed_parts) if var_seed > 0 else np.inf
 
     def half_width(alpha: float) -> float:  # each part at its own two-sided quantile, added in quadrature
-        return float(np.sqrt(sps.norm.isf(alpha / 2) ** 2 * var_ex + sps.t.isf(alpha / 2, df) ** 2 * var_seed))
+        # (scipy.special's quantiles: scipy.stats' norm.isf and t.isf are the same numbers at 100x the cost)
+        return float(np.sqrt(special.ndtri(alpha / 2) ** 2 * var_ex + special.stdtrit(df, alpha / 2) ** 2 * var_seed))
 
     se = float(np.sqrt(var_ex + var_seed))
     out = {"diff": est, "se": se, "df": float(df)}
@@ -118,7 +119,7 @@ def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.
     if est == 0:
         p = 1.0
     elif var_ex == 0 or var_seed == 0:  # one part only: Student's t (or the normal), in closed form
-        p = float(2 * sps.t.sf(abs(est) / se, df))
+        p = float(2 * special.stdtr(df, -abs(est) / se))
     else:  # the alpha at which the half-width reaches |est| (it shrinks as alpha grows, to 0 at alpha = 1)
         def excess(log_alpha: float) -> float:
             return half_width(np.exp(log_alpha)) - abs(est)
