@@ -85,6 +85,13 @@ def _p(p) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def _df(v) -> str:
+    """A test's degrees of freedom (its seed part's): infinite with one seed."""
+    if v is None or pd.isna(v):
+        return "–"
+    return "∞" if np.isinf(v) else f"{v:.3g}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What was run
 
@@ -290,7 +297,8 @@ def comparison_rows(cmp: pd.DataFrame, metrics: set[str] | None) -> list[dict]:
         out.append({"what": f"{c['model']} {within}: {a} vs {b}", "metric": c["metric"],
                     "a": number(c["a_value"] * scale, digits), "b": number(c["b_value"] * scale, digits),
                     "diff": _ci(c["diff"], c["ci_low"], c["ci_high"], digits, scale, suffix),
-                    "d": number(c["effect_size"], 2), "p": _p(c["p_value"]), "p_mcnemar": _p(c["p_mcnemar"]),
+                    "d": number(c["effect_size"], 2), "p": _p(c["p_value"]), "df": _df(c.get("df")),
+                    "p_mcnemar": _p(c["p_mcnemar"]),
                     "p_holm": _p(c["p_holm"]), "q_bh": _p(c["q_bh"]), "significant": bool(c["significant"]),
                     "family": c.get("family", "primary"),
                     "better": {"a": a, "b": b}.get(c["better"], "–") if c["significant"] else "–",

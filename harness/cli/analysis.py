@@ -91,7 +91,7 @@ def check_cmd(baseline: Optional[str] = typer.Option(None, "--baseline", help="A
                                                       "$GITHUB_STEP_SUMMARY)."),
               results: Path = ResultsOpt, db: Optional[Path] = DbOpt) -> None:
     """Compare a candidate with a baseline per cell and metric; exit 1 when a gated metric regressed beyond the
-    policy's allowance AND significantly (paired bootstrap), 2 on bad input."""
+    policy's allowance AND significantly (a t test over seeds, paired by seed and example), 2 on bad input."""
     from harness.analysis import check, stats
 
     path = db_path(db, results)

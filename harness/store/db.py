@@ -181,6 +181,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         examples JSON,                  -- up to five [example_id, doc_id] pairs
         checked_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (matrix, arm, task));
     """),
+    ("small-sample tests", """
+    -- differences and arm means are tested with Student's t over seeds (harness/analysis/stats/bootstrap.py: example
+    -- noise from a bootstrap over examples, seed noise from the seeds' spread), no longer a two-way bootstrap; df: its
+    -- Welch-Satterthwaite degrees of freedom (about seeds - 1 when seed noise dominates; infinite with one seed)
+    ALTER TABLE stat_comparisons ADD COLUMN df DOUBLE;
+    ALTER TABLE check_results ADD COLUMN df DOUBLE;
+    """),
 ]
 
 

@@ -4,9 +4,11 @@ Both sides are sets of finished runs with their per-example scores (stats.Scores
 JSON file written by `harness check --export-baseline`, a baseline saved in the database, a matrix or a run id; the
 candidate from the database. A cell is (model, method, arm) over its seeds; the base model is the cell model/base.
 For every cell in both and every metric (learn, forget and each task's primary metric) the check computes the change
-candidate - baseline with the two-way bootstrap of stats, paired by example (the same examples are scored on both
-sides) and by seed (the seeds both sides ran), and a p-value corrected over the gated rows. A row is a regression
-only when its change is worse than the policy allows AND significant; improvements are found the same way.
+candidate - baseline with the test of stats (stats.seed_test: example noise from a bootstrap over examples, seed
+noise from the seeds' spread, Student's t for it), paired by example (the same examples are scored on both sides) and
+by seed (the seeds both sides ran; Welch's two-sample form where they share none), and a p-value corrected over the
+gated rows. A row is a regression only when its change is worse than the policy allows AND significant; improvements
+are found the same way.
 
 What the policy says must match (by default the model and the evaluated examples) makes a mismatch bad input (exit
 2); everything else that changed (data, training config, harness version) is the change under test, and listed.
@@ -165,7 +167,7 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
         notes.append(f"examples differ in {', '.join(boot.unpaired_tasks)}: compared unpaired over those examples")
     rows = []
     for cell in cells:
-        pair = _pair_seeds(cell, boot, opts)
+        pair = _pair_seeds(cell, boot)
         notes += pair.notes
         rows += [{"cell": cell, "metric": m.name, "higher_is_better": m.higher_is_better,
                   "gated": cell in gated_cells and m.name in gated_metrics, **_change(m, boot, pair, opts, policy),
@@ -208,22 +210,24 @@ class _Pairing:
     """How one cell's runs are matched: the rows of each side (by seed where the seeds are shared) and in words."""
     ib: np.ndarray
     ic: np.ndarray
-    seed_counts: np.ndarray | None  # shared seed resamples when paired by seed, else None
+    by_seed: bool  # paired by seed (one sample of per-seed differences), else two groups of seeds (Welch)
     pairing: str
     notes: list[str]
 
 
-def _pair_seeds(cell: str, boot: _Boot, opts: stats.Options) -> _Pairing:
+def _pair_seeds(cell: str, boot: _Boot) -> _Pairing:
     gb = boot.b.runs[boot.b.runs["cell"] == cell].sort_values("seed")
     gc = boot.c.runs[boot.c.runs["cell"] == cell].sort_values("seed")
     seeds_b, seeds_c = [plain(x) for x in gb["seed"]], [plain(x) for x in gc["seed"]]
     both = [x for x in seeds_b if x in seeds_c]
     notes = []
-    if not both:  # no seed in common: each side's seeds resampled on their own
-        return _Pairing(gb["row"].to_numpy(), gc["row"].to_numpy(), None,
+    one_seed = [f"{cell}: one seed: the interval counts example noise only, not seed-to-seed noise (the allowance "
+                f"must absorb that; run more seeds for a test that counts it)"]
+    if not both:  # no seed in common: each side's seeds a group of their own
+        return _Pairing(gb["row"].to_numpy(), gc["row"].to_numpy(), False,
                         "examples" if not boot.unpaired_tasks else "unpaired",
                         [f"{cell}: seeds differ (baseline {seeds_b}, candidate {seeds_c}): compared unpaired over "
-                         f"seeds"])
+                         f"seeds"] + (one_seed if min(len(gb), len(gc)) == 1 and not cell.endswith("/base") else []))
     # paired by seed: the same seeds on both sides, in the same order (the base model: seed None)
     row_b, row_c = dict(zip(seeds_b, gb["row"])), dict(zip(seeds_c, gc["row"]))
     ib, ic = np.array([row_b[x] for x in both]), np.array([row_c[x] for x in both])
@@ -231,25 +235,19 @@ def _pair_seeds(cell: str, boot: _Boot, opts: stats.Options) -> _Pairing:
     if left:
         notes.append(f"{cell}: paired on seeds {both}; seeds {left} ran on one side only and are left out")
     if len(both) == 1 and not cell.endswith("/base"):
-        notes.append(f"{cell}: one seed: the interval counts example noise only, not seed-to-seed noise "
-                     f"(the allowance must absorb that; run more seeds for a test that counts it)")
-    return _Pairing(ib, ic, stats.seed_counts(len(both), opts.n_boot, opts.seed),
-                    "seeds, examples" if not boot.unpaired_tasks else "seeds", notes)
+        notes += one_seed
+    return _Pairing(ib, ic, True, "seeds, examples" if not boot.unpaired_tasks else "seeds", notes)
 
 
 def _change(m: stats.Metric, boot: _Boot, pair: _Pairing, opts: stats.Options, policy: Policy) -> dict:
     """One metric of one cell: candidate - baseline with its interval and p-value, and the allowance."""
     vb, vc, ib, ic = boot.vb[m.name], boot.vc[m.name], pair.ib, pair.ic
-    if pair.seed_counts is not None:
-        diff = stats.over_seeds(vc[ic] - vb[ib], pair.seed_counts)
-    else:
-        diff = stats.over_seeds(vc[ic], stats.seed_counts(len(ic), opts.n_boot, opts.seed + 1)) - \
-            stats.over_seeds(vb[ib], stats.seed_counts(len(ib), opts.n_boot, opts.seed))
-    w = stats.wald(diff, opts.confidence)
+    w = stats.seed_test(vc[ic] - vb[ib], confidence=opts.confidence) if pair.by_seed else \
+        stats.seed_test(vc[ic], vb[ib], opts.confidence)
     base_value = float(np.mean(vb[ib, 0]))
     return {"baseline": base_value, "candidate": float(np.mean(vc[ic, 0])),
-            "change": w["diff"], "ci_low": w["ci_low"], "ci_high": w["ci_high"], "p_value": w["p_value"],
-            "allowed": _allowed(policy, m, base_value), "paired": pair.pairing}
+            "change": w["diff"], "ci_low": w["ci_low"], "ci_high": w["ci_high"], "df": w["df"],
+            "p_value": w["p_value"], "allowed": _allowed(policy, m, base_value), "paired": pair.pairing}
 
 
 def _table(rows: list[dict], policy: Policy) -> pd.DataFrame:

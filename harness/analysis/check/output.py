@@ -80,8 +80,8 @@ def markdown(res: Result) -> str:
 
 
 def _policy_line(p: Policy) -> str:
-    return (f"A row is a regression when it moves the wrong way by more than `allowed` AND its paired bootstrap "
-            f"p-value, {p.correction}-corrected over the gated rows, is below {p.alpha}.")
+    return (f"A row is a regression when it moves the wrong way by more than `allowed` AND its p-value (a t test over "
+            f"seeds, paired by seed and example), {p.correction}-corrected over the gated rows, is below {p.alpha}.")
 
 
 def junit(res: Result) -> str:
@@ -118,7 +118,7 @@ def record(db: Path, res: Result) -> str:
     """Keep the result in check_results (one transaction); returns the check id."""
     now = datetime.datetime.now(datetime.timezone.utc)
     check_id = f"{stable_hash(res.baseline, res.candidate, now.isoformat()):016x}"[:12]
-    df = res.rows[["cell", "metric", "gated", "baseline", "candidate", "change", "ci_low", "ci_high", "allowed",
+    df = res.rows[["cell", "metric", "gated", "baseline", "candidate", "change", "ci_low", "ci_high", "df", "allowed",
                    "p_value", "p_adjusted", "paired", "status"]].rename(
         columns={"baseline": "baseline_value", "candidate": "candidate_value"})
     df.insert(0, "check_id", check_id)

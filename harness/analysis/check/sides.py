@@ -212,15 +212,16 @@ def applies(m: stats.Metric, cell: str) -> bool:
 
 
 def cell_levels(side: Side, opts: stats.Options) -> dict[str, dict[str, tuple[tuple, int]]]:
-    """cell -> metric -> ((value, ci_low, ci_high), n examples): the numbers `harness report` shows for an arm."""
+    """cell -> metric -> ((value, ci_low, ci_high), n examples): the numbers `harness report` shows for an arm (the
+    interval of stats.seed_test). For reading only: the check recomputes everything from the scores."""
     s = side.scores
     mets = metric_list(s)
     values = boot_values(s, {t: stats.example_counts(len(task.doc_ids), opts, t) for t, task in s.tasks.items()}, mets)
     out: dict = {}
     for cell, g in s.runs.sort_values("seed").groupby("cell", sort=False):
         rows = g["row"].to_numpy()
-        sc = stats.seed_counts(len(rows), opts.n_boot, opts.seed)
-        out[cell] = {m.name: (stats.interval(stats.over_seeds(values[m.name][rows], sc), opts.confidence),
+        out[cell] = {m.name: (tuple(stats.seed_test(values[m.name][rows], confidence=opts.confidence)[k]
+                                    for k in ("diff", "ci_low", "ci_high")),
                               sum(len(s.tasks[t].doc_ids) for t in m.coefs)) for m in mets if applies(m, cell)}
     return out
 

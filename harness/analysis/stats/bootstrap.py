@@ -1,13 +1,38 @@
-"""The array functions: bootstrap resamples and intervals, paired tests, multiple-comparison correction.
+"""The array functions: example resamples, the test of a mean over seeds, multiple-comparison correction.
 
-Every estimate here is a mean over examples (per run and task) and, for an arm, a mean over seeds. Its uncertainty
-comes from a two-way bootstrap over the crossed design seeds x examples (Owen 2007, "the pigeonhole bootstrap"): one
-resample draws the evaluation examples with replacement -- the SAME draw for every run, since every run is scored on
-the same examples -- and, for arm means, the seeds with replacement -- the same draw for every arm, since arms share
-seeds. Two arms compared on one resample therefore stay paired by example and by seed, and the spread of the
-difference counts both the example noise and the seed-to-seed noise. Two known biases, both stated in the report:
-the two-way bootstrap counts the seed x example residual twice (conservative), and with S seeds it shrinks the
-seed-level variance by (S-1)/S (with 2 seeds by half), so seed-heavy noise is understated when seeds are few.
+Every estimate here is a mean over examples (per run and task) and, for an arm, a mean over seeds. Its noise has two
+sources that need different treatment. In the crossed design seeds x examples, one seed's value is
+    x_s = mu + e + u_s    (s = 1..S)
+where x_s is a run's mean over the examples (or, for two arms paired by seed, the difference of their runs on seed s),
+e the part that comes from which examples were drawn -- the SAME for every seed, since every run is scored on the same
+examples -- and u_s the seed's own noise: training randomness, and the example-level noise of that one run (which is
+independent across runs). The mean over seeds has Var = Var(e) + Var(u) / S, estimated by
+    Var(e): the bootstrap over examples, seeds held fixed (one draw of examples shared by every run): the covariance of
+            two seeds' resampled means, i.e. the variance of the resampled mean over seeds less each run's own part
+            (the variance of one seed's resampled mean less that covariance), which is in u_s and counted there;
+    Var(u): s^2, the sample variance of x_s over the S seeds (ddof 1), which has S - 1 degrees of freedom, and at
+            least a run's own example noise, which u_s contains and the bootstrap measures from the examples (so two
+            seeds of binary scores that tie exactly, s^2 = 0, do not make the test infinitely sure).
+So SE^2 = Var(e) + s^2 / S. Each part is scaled by the quantile of its own distribution and the two are added in
+quadrature: the interval is  mean +- sqrt(z^2 Var(e) + t_df^2 s^2 / S), z the normal quantile (Var(e) rests on the
+examples, dozens to thousands of them: counted as exact) and t_df Student's with the seed part's df = S - 1; the
+p-value is the alpha at which that half-width reaches |mean|. With no example part this is exactly the one-sample t
+test on the S values (for paired arms scipy's ttest_rel on the per-seed means); with no seed part, the bootstrap's
+normal test. In between it is conservative: simulated over the ratio Var(e) / (Var(u) / S) (tests/test_stats.py), the
+rate of |error| > half-width stays at or below alpha (with 2 seeds: alpha where the seed part dominates, down to
+0.26 alpha in between). The textbook alternative, Student's t with the Welch-Satterthwaite df of the sum, is not: with
+S - 1 = 1 its df shoots up whenever s^2 is small by chance, and it rejected 12.7% at alpha 0.05 where Var(e) is a
+twentieth of the seed part. With 2 seeds and seed noise dominating, the 97.5% quantile is 12.7, not 1.96: that is
+what 2 seeds can say. Two groups of seeds that are
+not paired are Welch's two-sample test (s_x^2 / S_x + s_y^2 / S_y, with Welch's df). With one seed nothing measures
+seed noise: the SE is the bootstrap's over examples alone (the normal test), a caveat the report and `harness check`
+state.
+
+Why not resample the seeds too (the two-way "pigeonhole" bootstrap, Owen 2007, as before): with S seeds it shrinks the
+seed variance by (S-1)/S, and a normal test ignores that s^2 has S - 1 degrees of freedom. With 2 seeds and seed-heavy
+noise (prose bits per byte) bench/stats_simulation.py measured a primary family-wise error of 62% where 5% was
+promised. The exchange rate (tables.exchange_rates), a nonlinear function of several arms' means with a percentile
+interval, still resamples seeds (seed_counts, over_seeds) and says so.
 
 A resample is a vector of counts (how often each example was drawn), so the resampled means of all runs are one
 matrix product: scores (runs x examples) @ counts.T (examples x resamples). That is what makes 1M sample rows cheap.
@@ -22,7 +47,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
+from scipy.optimize import brentq
 
 
 @dataclass(frozen=True)
@@ -59,27 +85,49 @@ def boot_means(scores: np.ndarray, counts: np.ndarray, weights: np.ndarray | Non
         return num / den
 
 
-def over_seeds(x: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
-    """Mean over seeds (rows of x: seeds x (B + 1)) with the seeds resampled per column: (B + 1,)."""
-    return np.einsum("sb,bs->b", x, seed_counts) / seed_counts.sum(axis=1)
+def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.95) -> dict:
+    """The mean over seeds of x (seeds x (B + 1): per seed, its value and its resamples over examples), or with y the
+    difference of two groups' means over seeds that are not paired (x - y, Welch), with its standard error, the
+    seed part's degrees of freedom, interval and two-sided p-value for 0 (the module docstring has the arithmetic).
+    x and y share their example resamples (columns) where their runs were scored on the same examples."""
+    groups = [(np.atleast_2d(x), 1.0)] + ([] if y is None else [(np.atleast_2d(y), -1.0)])
+    est = float(sum(c * g[:, 0].mean() for g, c in groups))
+    var_ex = float(np.var(sum(c * g[:, 1:].mean(axis=0) for g, c in groups), ddof=1))
+    seed_parts = []  # (s_g^2 / S_g, S_g - 1) per group with seeds to measure
+    for g, _ in groups:
+        s = len(g)
+        if s < 2:
+            continue
+        cov = np.cov(g[:, 1:])
+        own = np.trace(cov) / s - (cov.sum() - np.trace(cov)) / (s * (s - 1))  # a run's own example noise
+        var_ex -= own / s  # it is in s^2 below: count it once
+        # s^2 is at least a run's own example noise, which u_s contains (seeds of binary scores can tie: s^2 = 0)
+        seed_parts.append((float(np.maximum(np.var(g[:, 0], ddof=1), own)) / s, s - 1))
+    var_ex = float(np.maximum(var_ex, 0.0))  # NaN stays NaN
+    var_seed = sum(q for q, _ in seed_parts)
+    df = var_seed ** 2 / sum(q ** 2 / d for q, d in seed_parts) if var_seed > 0 else np.inf
 
+    def half_width(alpha: float) -> float:  # each part at its own two-sided quantile, added in quadrature
+        # (scipy.special's quantiles: scipy.stats' norm.isf and t.isf are the same numbers at 100x the cost)
+        return float(np.sqrt(special.ndtri(alpha / 2) ** 2 * var_ex + special.stdtrit(df, alpha / 2) ** 2 * var_seed))
 
-def interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(estimate, low, high): the observed value and the percentile interval of the resamples."""
-    lo, hi = np.quantile(samples[..., 1:], [(1 - confidence) / 2, (1 + confidence) / 2], axis=-1)
-    return float(samples[..., 0]), float(lo), float(hi)
+    se = float(np.sqrt(var_ex + var_seed))
+    out = {"diff": est, "se": se, "df": float(df)}
+    if not se > 0:  # no noise at all (identical runs), or undefined (NaN)
+        lo, p = (est, float(est == 0)) if se == 0 else (float("nan"), float("nan"))
+        return out | {"ci_low": lo, "ci_high": lo, "p_value": p}
+    if est == 0:
+        p = 1.0
+    elif var_ex == 0 or var_seed == 0:  # one part only: Student's t (or the normal), in closed form
+        p = float(2 * special.stdtr(df, -abs(est) / se))
+    else:  # the alpha at which the half-width reaches |est| (it shrinks as alpha grows, to 0 at alpha = 1)
+        def excess(log_alpha: float) -> float:
+            return half_width(np.exp(log_alpha)) - abs(est)
 
-
-def wald(samples: np.ndarray, confidence: float = 0.95) -> dict:
-    """A difference's bootstrap standard error, normal interval and two-sided p-value for 'no difference'.
-
-    The normal approximation (rather than counting resamples beyond zero) gives p-values below 1/B, which a Holm
-    correction over dozens of comparisons needs (0.05 / 80 = 0.0006)."""
-    d = float(samples[0])
-    se = float(np.std(samples[1:], ddof=1))
-    z = sps.norm.ppf((1 + confidence) / 2)
-    p = float(2 * sps.norm.sf(abs(d) / se)) if se > 0 else float(d == 0)
-    return {"diff": d, "se": se, "ci_low": float(d - z * se), "ci_high": float(d + z * se), "p_value": p}
+        lowest = np.log(1e-100)  # p below it counts as 0 (a t quantile at 1 df is ~1e100 there: no overflow)
+        p = 0.0 if excess(lowest) <= 0 else float(np.exp(brentq(excess, lowest, 0.0, xtol=1e-10)))
+    h = half_width(1 - confidence)
+    return out | {"ci_low": est - h, "ci_high": est + h, "p_value": p}
 
 
 def effect_size(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -103,7 +151,7 @@ def is_binary(x: np.ndarray) -> bool:
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> float | None:
     """Exact McNemar p-value for paired binary outcomes (seeds x examples, pairs pooled over seeds); None when the
-    scores are not binary. It treats the (seed, example) pairs as independent; the bootstrap p-value does not."""
+    scores are not binary. It treats the (seed, example) pairs as independent; seed_test does not."""
     a, b = np.atleast_2d(a), np.atleast_2d(b)
     ok = ~(np.isnan(a) | np.isnan(b))
     if not (is_binary(a) and is_binary(b)) or not ok.any():
@@ -129,8 +177,14 @@ def adjust(p_values, method: str = "holm") -> np.ndarray:
 
 
 def seed_counts(n_seeds: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """(B + 1, n_seeds) resample counts over seeds; the same for every group with as many seeds (pairs stay paired)."""
+    """(B + 1, n_seeds) resample counts over seeds; the same for every group with as many seeds (pairs stay paired).
+    For the exchange rate's percentile interval only (see the module docstring); every test uses seed_test."""
     return resample_counts(n_seeds, n_boot, _rng(seed, "seeds", n_seeds))
+
+
+def over_seeds(x: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
+    """Mean over seeds (rows of x: seeds x (B + 1)) with the seeds resampled per column: (B + 1,)."""
+    return np.einsum("sb,bs->b", x, seed_counts) / seed_counts.sum(axis=1)
 
 
 def example_counts(n: int, opts: Options, task: str = "") -> np.ndarray:
@@ -140,27 +194,26 @@ def example_counts(n: int, opts: Options, task: str = "") -> np.ndarray:
 
 def mean_interval(scores: np.ndarray, weights: np.ndarray | None = None, opts: Options = Options(),
                   task: str = "") -> dict:
-    """An arm's (or one run's) mean over seeds x examples (rows x columns) with its two-way bootstrap interval.
-    With the same `task` name, it reproduces `harness report`'s numbers (stat_arms) exactly."""
+    """An arm's (or one run's) mean over seeds x examples (rows x columns) with its interval (seed_test), standard
+    error and degrees of freedom. With the same `task` name, it reproduces `harness report`'s numbers (stat_arms)."""
     scores = np.atleast_2d(scores)
-    m = boot_means(scores, example_counts(scores.shape[1], opts, task), weights)
-    v, lo, hi = interval(over_seeds(m, seed_counts(len(scores), opts.n_boot, opts.seed)), opts.confidence)
-    return {"value": v, "ci_low": lo, "ci_high": hi}
+    res = seed_test(boot_means(scores, example_counts(scores.shape[1], opts, task), weights),
+                    confidence=opts.confidence)
+    return {"value": res["diff"]} | {k: res[k] for k in ("ci_low", "ci_high", "se", "df")}
 
 
 def compare(a: np.ndarray, b: np.ndarray, higher_is_better: bool = True, weights: np.ndarray | None = None,
             opts: Options = Options(), task: str = "") -> dict:
     """Paired comparison of two arms scored on the same examples (columns) with the same seeds (rows, same order):
-    difference a - b with its interval and (uncorrected) p-value, d_z effect size, exact McNemar (binary scores),
-    and whether a is the better one (oriented by higher_is_better). With the same `task` name, it reproduces
-    `harness report`'s numbers for that task (stat_comparisons) exactly."""
+    difference a - b with its interval, degrees of freedom and (uncorrected) p-value (seed_test on the per-seed
+    differences), d_z effect size, exact McNemar (binary scores), and whether a is the better one (oriented by
+    higher_is_better). With the same `task` name, it reproduces `harness report`'s numbers for that task
+    (stat_comparisons) exactly."""
     a, b = np.atleast_2d(a), np.atleast_2d(b)
     if a.shape != b.shape:
         raise ValueError(f"compare: a and b must be paired (same seeds x examples), got {a.shape} and {b.shape}")
     counts = example_counts(a.shape[1], opts, task)
-    diff = over_seeds(boot_means(a, counts, weights) - boot_means(b, counts, weights),
-                      seed_counts(len(a), opts.n_boot, opts.seed))
-    out = wald(diff, opts.confidence)
+    out = seed_test(boot_means(a, counts, weights) - boot_means(b, counts, weights), confidence=opts.confidence)
     out["effect_size"] = effect_size(a, b, weights)
     out["p_mcnemar"] = mcnemar(a, b)
     out["a_better"] = (out["diff"] > 0) == higher_is_better if out["diff"] != 0 else None

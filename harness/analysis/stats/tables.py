@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from harness import store
-from harness.analysis.stats.bootstrap import (Options, adjust, boot_means, effect_size, example_counts, interval,
-                                              mcnemar, over_seeds, seed_counts, wald)
+from harness.analysis.stats.bootstrap import (Options, adjust, boot_means, effect_size, example_counts, mcnemar,
+                                              over_seeds, seed_counts, seed_test)
 from harness.analysis.stats.family import Family, arms_from_runs, of_runs
 from harness.analysis.stats.scores import BASELINES, ROLE_ORDER, Metric, Scores, metric_samples, metrics_for
 from harness.spec import Analysis
@@ -105,16 +105,15 @@ def _run_table(s: Scores, mets: list[Metric], values: dict[str, np.ndarray], n_d
 
 def _arm_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[Metric], values: dict[str, np.ndarray],
                n_docs: dict[str, int], opts: Options) -> pd.DataFrame:
-    """Every (model, method, arm)'s mean over its seeds of every metric, with its interval over seeds x examples."""
+    """Every (model, method, arm)'s mean over its seeds of every metric, with its interval (seed_test)."""
     arm_rows = []
     for (model, method, arm), g in groups.items():
         rows = g["row"].to_numpy()
-        sc = seed_counts(len(rows), opts.n_boot, opts.seed)
         for m in mets:
-            v, lo, hi = interval(over_seeds(values[m.name][rows], sc), opts.confidence)
-            arm_rows.append((s.matrix, model, method, g["method_kind"].iloc[0], arm, g["role"].iloc[0], m.name, v,
-                             lo, hi, m.higher_is_better, len(rows), json.dumps([int(x) for x in g["seed"].dropna()]),
-                             n_docs[m.name]))
+            r = seed_test(values[m.name][rows], confidence=opts.confidence)
+            arm_rows.append((s.matrix, model, method, g["method_kind"].iloc[0], arm, g["role"].iloc[0], m.name,
+                             r["diff"], r["ci_low"], r["ci_high"], m.higher_is_better, len(rows),
+                             json.dumps([int(x) for x in g["seed"].dropna()]), n_docs[m.name]))
     return pd.DataFrame(arm_rows, columns=["matrix", "model", "method", "method_kind", "arm", "role", "metric",
                                            "value", "ci_low", "ci_high", "higher_is_better", "n_seeds", "seeds",
                                            "n_examples"])
@@ -133,10 +132,9 @@ def _comparison_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[M
             continue
         ra = ga.set_index("seed").loc[seeds, "row"].to_numpy()
         rb = gb.set_index("seed").loc[seeds, "row"].to_numpy()
-        sc = seed_counts(len(seeds), opts.n_boot, opts.seed)
         matched = _matched(ga, gb, seeds, sum(len(t.doc_ids) for t in s.tasks.values()), len(s.tasks))
         for m in compared:
-            res = wald(over_seeds(values[m.name][ra] - values[m.name][rb], sc), opts.confidence)
+            res = seed_test(values[m.name][ra] - values[m.name][rb], confidence=opts.confidence)
             sizes, p_mc = [], None
             for t, coef in m.coefs.items():
                 task = s.tasks[t]
@@ -146,12 +144,12 @@ def _comparison_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[M
             better = None if res["diff"] == 0 else ("a" if (res["diff"] > 0) == m.higher_is_better else "b")
             cmp_rows.append((s.matrix, kind, ka[0], ka[1], ka[2], kb[1], kb[2], m.name, m.higher_is_better,
                              float(np.mean(values[m.name][ra, 0])), float(np.mean(values[m.name][rb, 0])),
-                             res["diff"], res["ci_low"], res["ci_high"], res["se"], float(np.mean(sizes)),
+                             res["diff"], res["ci_low"], res["ci_high"], res["se"], res["df"], float(np.mean(sizes)),
                              res["p_value"], p_mc, better, len(seeds), n_docs[m.name], matched))
     cmp_df = pd.DataFrame(cmp_rows, columns=[
         "matrix", "kind", "model", "a_method", "a_arm", "b_method", "b_arm", "metric", "higher_is_better", "a_value",
-        "b_value", "diff", "ci_low", "ci_high", "se", "effect_size", "p_value", "p_mcnemar", "better", "n_seeds",
-        "n_examples", "matched"])
+        "b_value", "diff", "ci_low", "ci_high", "se", "df", "effect_size", "p_value", "p_mcnemar", "better",
+        "n_seeds", "n_examples", "matched"])
     return corrected(cmp_df, fam, opts.alpha)
 
 
@@ -181,8 +179,9 @@ def exchange_rates(s: Scores, groups: dict[tuple, pd.DataFrame], values: dict[st
     """The exchange rate: per model, method and curated arm, the bulk examples it scores like. The dose-response arms
     (the curated arm's source as is or plain random subsets of it, at >= 2 sizes) give a line score = a + b log(n)
     (least squares over the arm means); inverting it at the curated arm's score gives n. Its interval is the
-    percentile interval of n over the same two-way bootstrap as every other number (examples and seeds resampled
-    once for all arms: paired). Out of the range of sizes tried, n is an extrapolation, and said to be."""
+    percentile interval of n over a two-way bootstrap (examples and seeds resampled once for all arms: paired), not
+    seed_test of the comparisons: with few seeds it understates seed-to-seed noise (by (S-1)/S in variance). Out of
+    the range of sizes tried, n is an extrapolation, and said to be."""
     if metric is None or metric not in values:
         return pd.DataFrame(columns=EXCHANGE_COLUMNS)
     info = arms_from_runs(s.runs)
