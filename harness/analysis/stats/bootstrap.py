@@ -23,10 +23,9 @@ rate of |error| > half-width stays at or below alpha (with 2 seeds: alpha where 
 0.26 alpha in between). The textbook alternative, Student's t with the Welch-Satterthwaite df of the sum, is not: with
 S - 1 = 1 its df shoots up whenever s^2 is small by chance, and it rejected 12.7% at alpha 0.05 where Var(e) is a
 twentieth of the seed part. With 2 seeds and seed noise dominating, the 97.5% quantile is 12.7, not 1.96: that is
-what 2 seeds can say. Two groups of seeds that are
-not paired are Welch's two-sample test (s_x^2 / S_x + s_y^2 / S_y, with Welch's df). With one seed nothing measures
-seed noise: the SE is the bootstrap's over examples alone (the normal test), a caveat the report and `harness check`
-state.
+what 2 seeds can say. Two groups of seeds that are not paired are Welch's two-sample test (s_x^2 / S_x + s_y^2 / S_y,
+with Welch's df). With one seed nothing measures seed noise: the SE is the bootstrap's over examples alone (the normal
+test), a caveat the report and `harness check` state.
 
 Why not resample the seeds too (the two-way "pigeonhole" bootstrap, Owen 2007, as before): with S seeds it shrinks the
 seed variance by (S-1)/S, and a normal test ignores that s^2 has S - 1 degrees of freedom. With 2 seeds and seed-heavy
