@@ -140,6 +140,14 @@ def _static():
     return StaticModel.from_pretrained(str(static_model_path()))
 
 
+@functools.lru_cache(maxsize=1)
+def _static_table():
+    """The static model's piece vectors as one float32 tensor (stored as float16: converted once, not per batch)."""
+    import torch
+
+    return torch.from_numpy(_static().embedding.astype(np.float32))
+
+
 def _static_vectors(texts: list[str]) -> np.ndarray:
     """model2vec's `encode` (the mean of a text's first _STATIC_PIECES piece vectors), pooled by torch's embedding_bag.
 
@@ -162,9 +170,9 @@ def _static_vectors(texts: list[str]) -> np.ndarray:
         weights = weights * torch.from_numpy(model.weights.astype(np.float32))[flat]
     if model.token_mapping is not None:
         flat = torch.from_numpy(model.token_mapping)[flat]
-    table = torch.from_numpy(model.embedding.astype(np.float32))
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
-    v = torch.nn.functional.embedding_bag(flat, table, offsets, mode="sum", per_sample_weights=weights).numpy()
+    v = torch.nn.functional.embedding_bag(flat, _static_table(), offsets, mode="sum",
+                                          per_sample_weights=weights).numpy()
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(norms == 0, 1, norms)
 
