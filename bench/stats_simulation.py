@@ -207,14 +207,17 @@ def draw_examples(model: Model, rng: np.random.Generator) -> dict[str, np.ndarra
 
 
 def draw(model: Model, runs: pd.DataFrame, examples: dict[str, np.ndarray], rng: np.random.Generator,
-         effect: float = 0.0, name: str = "sim") -> stats.Scores:
-    """Per-example scores of every run; `effect` (logit) raises the curated arm's learn tasks."""
+         effect: float = 0.0, name: str = "sim", lora_sd: float = 1.0) -> stats.Scores:
+    """Per-example scores of every run; `effect` (logit) raises the curated arm's learn tasks; `lora_sd` scales the
+    LoRA runs' seed noise against full FT's (keeping their mean variance: seed noise unlike across methods, which
+    the pooled test assumes away)."""
     s = stats.Scores(name, runs.copy())
     lift = np.where(runs["arm"].to_numpy() == "curated", effect, 0.0)[:, None]
+    scale = np.where(runs["method"].to_numpy() == "lora", lora_sd, 1.0)[:, None] * np.sqrt(2 / (1 + lora_sd ** 2))
     for t in model.tasks:
         idx = examples[t.name]
         v = np.asarray(t.values)[idx]
-        o = rng.normal(0, t.run_sd, (len(runs), 1))
+        o = rng.normal(0, t.run_sd, (len(runs), 1)) * scale
         if t.binary:
             p = expit(v + o + (lift if t.group == "learn" else 0.0))
             scores, w = (rng.random(p.shape) < p).astype(float), None
@@ -264,7 +267,7 @@ def _rate(k: int, n: int) -> dict:
 
 
 def simulate_report(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, effect: float = 0.0,
-                    seed: int = 0, analysis: Analysis = Analysis()) -> dict:
+                    seed: int = 0, analysis: Analysis = Analysis(), lora_sd: float = 1.0) -> dict:
     """`n` matrices through stats.analyse. effect 0: the family-wise rate of any primary "significant", the same
     without correction, the exploratory rows' rate of any discovery, and the coverage of every 95% interval.
     effect > 0 (logit, on the curated arm's learn tasks): the power of full FT curated vs bulk on learn, and the
@@ -274,7 +277,7 @@ def simulate_report(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, ef
     any_primary = any_raw = any_expl = power = power_random = 0
     covered = total = 0
     for i in range(n):
-        s = draw(model, runs, draw_examples(model, rng), rng, effect)
+        s = draw(model, runs, draw_examples(model, rng), rng, effect, lora_sd=lora_sd)
         cmp = stats.analyse(s, stats.Options(n_boot=n_boot, seed=i), analysis).comparisons
         prim = cmp[cmp["family"] == "primary"]
         any_primary += bool(prim["significant"].any())
@@ -308,7 +311,8 @@ def side(s: stats.Scores, label: str) -> check.Side:
     return check.Side(label, label, s, {t: "same examples" for t in s.tasks})
 
 
-def simulate_check(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, seed: int = 0) -> dict:
+def simulate_check(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, seed: int = 0,
+                   lora_sd: float = 1.0, seed_noise: str = "pooled") -> dict:
     """`n` pairs (baseline, candidate) identical in distribution, scored on the same examples, through
     check.compare: how often it FAILs under the default policy, and under a policy with no allowance (the test
     alone: a regression = any significant move the wrong way). Both sides have the same base run: the policy
@@ -316,16 +320,16 @@ def simulate_check(model: Model, n: int, seeds: int = 2, n_boot: int = 1000, see
     side would move every forget score of a side at once, by a run offset that one base run cannot measure)."""
     runs, rng = layout(seeds), np.random.default_rng(seed)
     strict = check.Policy(max_drop=dataclasses.replace(check.Policy().max_drop, abs=0.0, rel=0.0),
-                          forget_max_growth=0.0, n_boot=n_boot)
+                          forget_max_growth=0.0, n_boot=n_boot, seed_noise=seed_noise)
     base = (runs["kind"] == "base").to_numpy()
     fails = fails_strict = 0
     for i in range(n):
         ex = draw_examples(model, rng)
-        bs, cs = draw(model, runs, ex, rng), draw(model, runs, ex, rng)
+        bs, cs = draw(model, runs, ex, rng, lora_sd=lora_sd), draw(model, runs, ex, rng, lora_sd=lora_sd)
         for t, task in cs.tasks.items():
             task.scores[base] = bs.tasks[t].scores[base]
         b, c = side(bs, "baseline"), side(cs, "candidate")
-        fails += not check.compare(b, c, dataclasses.replace(check.Policy(), n_boot=n_boot)).passed
+        fails += not check.compare(b, c, check.Policy(n_boot=n_boot, seed_noise=seed_noise)).passed
         res = check.compare(b, c, strict)
         fails_strict += not res.passed
     return {"pairs": n, "gated": res.family, "false_alarm_default_policy": _rate(fails, n),
@@ -344,6 +348,10 @@ def main() -> None:
     ap.add_argument("--effect", type=float, default=DEMO_EFFECT, help="learn difference for the power run")
     ap.add_argument("--metrics", default="learn,forget", help="the primary metrics (analysis.metrics)")
     ap.add_argument("--only", choices=["null", "alternative", "check"], help="run only this part")
+    ap.add_argument("--seed-noise", choices=["pooled", "per-comparison"], default="pooled",
+                    help="the analysis' seed_noise (check: pooled or per-cell)")
+    ap.add_argument("--lora-sd", type=float, default=1.0,
+                    help="LoRA's seed noise sd / full FT's (1: alike, as pooling assumes)")
     args = ap.parse_args()
     if args.db:
         from harness import store
@@ -357,12 +365,14 @@ def main() -> None:
     print(f"model: {model.source}; " + "; ".join(
         f"{t.name} {len(t.values)} examples, run sd {t.run_sd:.3f}" for t in model.tasks), flush=True)
     delta = delta_for(model, args.effect)
-    primary = Analysis(metrics=args.metrics.split(","))
+    primary = Analysis(metrics=args.metrics.split(","), seed_noise=args.seed_noise)
+    check_noise = {"per-comparison": "per-cell"}.get(args.seed_noise, args.seed_noise)
     for what, run in (("null", lambda: simulate_report(model, args.matrices, args.seeds, args.boot,
-                                                       analysis=primary)),
+                                                       analysis=primary, lora_sd=args.lora_sd)),
                       ("alternative", lambda: simulate_report(model, args.matrices, args.seeds, args.boot, delta,
-                                                              seed=1, analysis=primary)),
-                      ("check", lambda: simulate_check(model, args.matrices, args.seeds, args.boot, seed=2))):
+                                                              seed=1, analysis=primary, lora_sd=args.lora_sd)),
+                      ("check", lambda: simulate_check(model, args.matrices, args.seeds, args.boot, seed=2,
+                                                       lora_sd=args.lora_sd, seed_noise=check_noise))):
         if args.only and what != args.only:
             continue
         t0 = time.perf_counter()

@@ -96,6 +96,31 @@ def test_unpaired_seeds_are_welchs_test():
     assert res["p_value"] == pytest.approx(ref.pvalue, rel=1e-9) and res["df"] == pytest.approx(ref.df, rel=1e-9)
 
 
+def test_pooled_seed_noise_is_statsmodels_two_way_anova():
+    """Seed noise pooled over a matrix's groups (analysis seed_noise: pooled), no example noise: the residual mean
+    square of statsmodels' OLS score ~ C(group) + C(seed) and its df_resid, and a paired comparison's p-value and
+    interval are OLS's t test of the contrast group a - group b. Unbalanced (a group missing a seed) too."""
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(12)
+    d = pd.DataFrame([(g, s) for g in "abcdef" for s in range(3)], columns=["group", "seed"])
+    d["y"] = rng.normal(0, 0.1, len(d)) + d["seed"] * 0.3 + np.where(d["group"] == "a", 0.2, 0.0)
+    for data in (d, d.iloc[1:]):  # balanced; group a without seed 0
+        fit = smf.ols("y ~ C(group) + C(seed)", data).fit()
+        var, df = stats.pooled_seed_variance(data["y"].to_numpy(), data["group"].to_numpy(), data["seed"].to_numpy())
+        assert var == pytest.approx(fit.mse_resid, rel=1e-9) and df == fit.df_resid
+    var, df = stats.pooled_seed_variance(d["y"].to_numpy(), d["group"].to_numpy(), d["seed"].to_numpy())
+    ref = smf.ols("y ~ C(group) + C(seed)", d).fit().t_test("C(group)[T.b] = 0")  # b - a (a: the reference level)
+    ya, yb = (d.loc[d["group"] == g, "y"].to_numpy() for g in "ab")
+    res = stats.seed_test(np.repeat((yb - ya)[:, None], 101, axis=1), pooled=(2 * var, df))
+    assert res["p_value"] == pytest.approx(float(ref.pvalue), rel=1e-9) and res["df"] == df == 10
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx(tuple(ref.conf_int(0.05)[0]), rel=1e-9)
+    # per-comparison: the same pair's own 2 df (the paired t test), a wider interval
+    own = stats.seed_test(np.repeat((yb - ya)[:, None], 101, axis=1))
+    assert own["df"] == 2 and own["p_value"] == pytest.approx(sps.ttest_rel(yb, ya).pvalue, rel=1e-9)
+
+
 def test_the_example_part_is_counted_once():
     """Binary scores with no seed effect: a run's own example noise is in the spread over seeds and must not be
     counted again in the example part (the two-way bootstrap counted it twice and more: variance x 2.8 here). The
@@ -129,15 +154,18 @@ def test_the_two_parts_added_in_quadrature_keep_alpha():
 
 def test_seeds_that_tie_do_not_make_it_certain():
     """Binary scores on 2 seeds whose differences tie exactly (3 of 60 examples better on each seed: s^2 = 0): the
-    seed part is at least a run's own example noise, so p stays that of a t test on 1 degree of freedom (~0.2),
-    not 0 (without the floor, such ties made most of the false "significant"s in bench/stats_simulation.py)."""
+    seed part is at least a run's own example noise (at its normal quantile: the examples measure it), so p is the
+    examples' normal test, ~0.015 (exact McNemar on the 6 discordant pairs: 0.031), not 0 (without the floor, such
+    ties made most of the false "significant"s in bench/stats_simulation.py)."""
     a = (np.random.default_rng(10).random((2, 60)) < 0.5).astype(float)
     b = a.copy()
     for s, cols in enumerate(([0, 1, 2], [30, 31, 32])):
         a[s, cols] = 1.0
         b[s, cols] = 0.0
     res = stats.compare(a, b)
-    assert res["diff"] == pytest.approx(0.05) and res["df"] == 1 and 0.1 < res["p_value"] < 0.5
+    assert res["diff"] == pytest.approx(0.05) and res["df"] == 1
+    assert res["p_value"] == pytest.approx(2 * sps.norm.sf(res["diff"] / res["se"]), rel=1e-6)
+    assert 0.01 < res["p_value"] < 0.03
 
 
 def test_seed_dominated_noise_keeps_its_error_rate():
@@ -277,9 +305,10 @@ def test_error_rates_by_simulation():
     """Matrices whose arms are identical in distribution, through stats.analyse: a primary "significant" in at most
     ~alpha of them and 95% intervals that cover, on the parametric model and on the one fitted to real runs (where
     the two-way bootstrap's test said "significant" in 62% of matrices: seed-heavy forget noise, 2 seeds); power
-    against the demo's effect with 5 seeds (with 2, the seed part's one degree of freedom leaves none); and harness
-    check's false alarms on a candidate identical to its baseline (the fitted model with 5 seeds). (Fewer matrices
-    than bench/stats_simulation.py's 200, so the bounds are looser.)"""
+    against the demo's effect with 2 seeds (the seed noise pooled over the matrix: with each comparison's own
+    seeds, one degree of freedom, it was 0%); and harness check's false alarms on a candidate identical to its
+    baseline (the fitted model with 5 seeds). (Fewer matrices than bench/stats_simulation.py's 200, so the bounds
+    are looser.)"""
     from pathlib import Path
 
     sim = _simulation()
@@ -289,8 +318,23 @@ def test_error_rates_by_simulation():
         null = sim.simulate_report(m, 60, n_boot=300)
         assert null["primary_size"] == 14 and null["fwer_primary"]["k"] <= 6, m.source  # <= 10% of 60
         assert null["coverage"] >= 0.93, m.source
-    alt = sim.simulate_report(model, 20, seeds=5, n_boot=300, effect=sim.delta_for(model, sim.DEMO_EFFECT), seed=1)
+    alt = sim.simulate_report(model, 20, seeds=2, n_boot=300, effect=sim.delta_for(model, sim.DEMO_EFFECT), seed=1)
     assert alt["power_vs_bulk"]["rate"] >= 0.8 and alt["coverage"] >= 0.9
     for m, seeds in ((model, 2), (fitted, 5)):
         chk = sim.simulate_check(m, 20, seeds=seeds, n_boot=300, seed=2)
         assert chk["false_alarm_default_policy"]["k"] <= 2 and chk["false_alarm_no_allowance"]["k"] <= 3, m.source
+
+
+def test_check_pools_the_seed_noise_of_its_cells():
+    """harness check's policy seed_noise: pooled (the default) measures a change's seed noise over every trained cell
+    paired by seed, 6 cells x (2 - 1) = 6 degrees of freedom in the demo's layout; per-cell, each cell's own 1."""
+    from harness.analysis import check
+
+    sim = _simulation()
+    model, runs, rng = sim.parametric(n=40), sim.layout(seeds=2), np.random.default_rng(3)
+    ex = sim.draw_examples(model, rng)
+    b, c = (sim.side(sim.draw(model, runs, ex, rng), label) for label in ("baseline", "candidate"))
+    for noise, df in (("pooled", 6), ("per-cell", 1)):
+        res = check.compare(b, c, check.Policy(n_boot=200, seed_noise=noise))
+        sft = res.rows[~res.rows["cell"].str.endswith("/base")]
+        assert set(sft["df"]) == {df} and f"({df} degrees of freedom)" in res.family, noise

@@ -97,6 +97,10 @@ class Analysis:
     # the exchange rate: the bulk examples a curated arm is worth on this metric (null: none). It needs an arm
     # with `sizes:` (plain random subsets of one source) at >= 2 sizes; 3 or more pin the fit down
     exchange: str | None = "learn"
+    # the seed-to-seed noise a comparison's test counts: pooled, per metric and model, over every method and arm (the
+    # residual of score ~ arm + seed: (arms - 1)(seeds - 1) degrees of freedom, 6 in the demo; assumes the arms' seed
+    # noise is alike), or per-comparison (the spread of its own seeds alone: seeds - 1 df, so 2 seeds can show nothing)
+    seed_noise: Literal["pooled", "per-comparison"] = "pooled"
 
 
 @dataclass(frozen=True)

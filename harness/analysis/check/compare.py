@@ -5,7 +5,8 @@ JSON file written by `harness check --export-baseline`, a baseline saved in the 
 candidate from the database. A cell is (model, method, arm) over its seeds; the base model is the cell model/base.
 For every cell in both and every metric (learn, forget and each task's primary metric) the check computes the change
 candidate - baseline with the test of stats (stats.seed_test: example noise from a bootstrap over examples, seed
-noise from the seeds' spread, Student's t for it), paired by example (the same examples are scored on both sides) and
+noise from the seeds' spread, Student's t for it; by default that spread pooled over the cells: policy seed_noise),
+paired by example (the same examples are scored on both sides) and
 by seed (the seeds both sides ran; Welch's two-sample form where they share none), and a p-value corrected over the
 gated rows. A row is a regression only when its change is worse than the policy allows AND significant; improvements
 are found the same way.
@@ -102,9 +103,12 @@ class Result:
         """The primary family (the gated rows) and its size, in one line."""
         g = self.rows[self.rows["gated"]]
         rest = len(self.rows) - len(g)
+        dfs = sorted({int(x) for x in g["df"] if np.isfinite(x)})
+        noise = (f"seed noise {'pooled over the cells' if self.policy.seed_noise == 'pooled' else 'per cell'} "
+                 f"({'/'.join(map(str, dfs))} degrees of freedom)" if dfs else "seed noise not measured (one seed)")
         return (f"primary family: {len(g)} gated rows = metrics {', '.join(dict.fromkeys(g['metric']))} x "
                 f"{g['cell'].nunique()} cells, {self.policy.correction}-corrected; {rest} other rows exploratory "
-                f"(Benjamini-Hochberg, never gated)")
+                f"(Benjamini-Hochberg, never gated); {noise}")
 
 
 def _gated_metrics(policy: Policy, tasks: dict[str, stats.Task], fail: Fail) -> set[str]:
@@ -165,12 +169,14 @@ def compare(baseline: Side, candidate: Side, policy: Policy = Policy(), fail: Fa
     boot = _resample(baseline, candidate, common, opts)
     if boot.unpaired_tasks:
         notes.append(f"examples differ in {', '.join(boot.unpaired_tasks)}: compared unpaired over those examples")
+    pairs = {cell: _pair_seeds(cell, boot) for cell in cells}
+    pooled = _pooled(boot, pairs) if policy.seed_noise == "pooled" else {}
     rows = []
-    for cell in cells:
-        pair = _pair_seeds(cell, boot)
+    for cell, pair in pairs.items():
         notes += pair.notes
         rows += [{"cell": cell, "metric": m.name, "higher_is_better": m.higher_is_better,
-                  "gated": cell in gated_cells and m.name in gated_metrics, **_change(m, boot, pair, opts, policy),
+                  "gated": cell in gated_cells and m.name in gated_metrics,
+                  **_change(m, boot, pair, opts, policy, pooled.get(m.name)),
                   "n_examples": sum(len(boot.b.tasks[t].doc_ids) for t in m.coefs)}
                  for m in boot.metrics if applies(m, cell)]
     limit = policy.max_contaminated_rows
@@ -239,10 +245,24 @@ def _pair_seeds(cell: str, boot: _Boot) -> _Pairing:
     return _Pairing(ib, ic, True, "seeds, examples" if not boot.unpaired_tasks else "seeds", notes)
 
 
-def _change(m: stats.Metric, boot: _Boot, pair: _Pairing, opts: stats.Options, policy: Policy) -> dict:
+def _pooled(boot: _Boot, pairs: dict[str, _Pairing]) -> dict[str, tuple[float, int]]:
+    """metric -> the seed noise of one seed's change candidate - baseline (variance, df), pooled over the trained
+    cells paired by seed (stats.pooled_seed_variance: the changes' spread around their cell's mean change). A cell's
+    own seed effects cancel in its change; what is left is assumed alike across cells."""
+    by_seed = {c: p for c, p in pairs.items() if p.by_seed and not c.endswith("/base")}
+    if not by_seed:
+        return {}
+    cell = np.concatenate([[c] * len(p.ib) for c, p in by_seed.items()])
+    ib, ic = (np.concatenate([getattr(p, k) for p in by_seed.values()]) for k in ("ib", "ic"))
+    return {m.name: stats.pooled_seed_variance(boot.vc[m.name][ic, 0] - boot.vb[m.name][ib, 0], cell)
+            for m in boot.metrics}
+
+
+def _change(m: stats.Metric, boot: _Boot, pair: _Pairing, opts: stats.Options, policy: Policy,
+            pooled: tuple[float, int] | None) -> dict:
     """One metric of one cell: candidate - baseline with its interval and p-value, and the allowance."""
     vb, vc, ib, ic = boot.vb[m.name], boot.vc[m.name], pair.ib, pair.ic
-    w = stats.seed_test(vc[ic] - vb[ib], confidence=opts.confidence) if pair.by_seed else \
+    w = stats.seed_test(vc[ic] - vb[ib], confidence=opts.confidence, pooled=pooled) if pair.by_seed else \
         stats.seed_test(vc[ic], vb[ib], opts.confidence)
     base_value = float(np.mean(vb[ib, 0]))
     return {"baseline": base_value, "candidate": float(np.mean(vc[ic, 0])),

@@ -38,6 +38,10 @@ class Policy:
     # training rows of an arm that may overlap one evaluation task's documents (the contamination table of the
     # candidate's matrix run); None: reported by `matrix run` and the report, not gated
     max_contaminated_rows: int | None = None
+    # the seed-to-seed noise of a change: pooled over the cells paired by seed (the changes' spread around their
+    # cell's mean: cells x (seeds - 1) degrees of freedom; assumes it is alike across cells), or per-cell (the cell's
+    # own seeds alone: seeds - 1 df)
+    seed_noise: Literal["pooled", "per-cell"] = "pooled"
 
 
 GATE_WORDS = ("learn", "forget", "learn_tasks", "forget_tasks", "all")

@@ -10,22 +10,25 @@ independent across runs). The mean over seeds has Var = Var(e) + Var(u) / S, est
     Var(e): the bootstrap over examples, seeds held fixed (one draw of examples shared by every run): the covariance of
             two seeds' resampled means, i.e. the variance of the resampled mean over seeds less each run's own part
             (the variance of one seed's resampled mean less that covariance), which is in u_s and counted there;
-    Var(u): s^2, the sample variance of x_s over the S seeds (ddof 1), which has S - 1 degrees of freedom, and at
-            least a run's own example noise, which u_s contains and the bootstrap measures from the examples (so two
-            seeds of binary scores that tie exactly, s^2 = 0, do not make the test infinitely sure).
+    Var(u): s^2, the sample variance of x_s over the S seeds (ddof 1), which has S - 1 degrees of freedom; or, for a
+            comparison, pooled over the matrix (pooled_seed_variance: the residual of score ~ group + seed over every
+            trained run, (G - 1)(S - 1) df: 5 in the demo, not 1), which assumes the groups' seed noise alike.
 So SE^2 = Var(e) + s^2 / S. Each part is scaled by the quantile of its own distribution and the two are added in
-quadrature: the interval is  mean +- sqrt(z^2 Var(e) + t_df^2 s^2 / S), z the normal quantile (Var(e) rests on the
-examples, dozens to thousands of them: counted as exact) and t_df Student's with the seed part's df = S - 1; the
-p-value is the alpha at which that half-width reaches |mean|. With no example part this is exactly the one-sample t
-test on the S values (for paired arms scipy's ttest_rel on the per-seed means); with no seed part, the bootstrap's
-normal test. In between it is conservative: simulated over the ratio Var(e) / (Var(u) / S) (tests/test_stats.py), the
-rate of |error| > half-width stays at or below alpha (with 2 seeds: alpha where the seed part dominates, down to
-0.26 alpha in between). The textbook alternative, Student's t with the Welch-Satterthwaite df of the sum, is not: with
-S - 1 = 1 its df shoots up whenever s^2 is small by chance, and it rejected 12.7% at alpha 0.05 where Var(e) is a
-twentieth of the seed part. With 2 seeds and seed noise dominating, the 97.5% quantile is 12.7, not 1.96: that is
-what 2 seeds can say. Two groups of seeds that are not paired are Welch's two-sample test (s_x^2 / S_x + s_y^2 / S_y,
-with Welch's df). With one seed nothing measures seed noise: the SE is the bootstrap's over examples alone (the normal
-test), a caveat the report and `harness check` state.
+quadrature: the interval is  mean +- sqrt(z^2 Var(e) + max(z^2 own, t_df^2 s^2) / S), z the normal quantile (Var(e)
+rests on the examples, dozens to thousands of them: counted as exact), t_df Student's with the seed part's df, and
+own a run's own example noise, which u_s contains and the bootstrap measures from the examples: the seed part is at
+least that (two seeds of binary scores that tie exactly, s^2 = 0, do not make the test infinitely sure), and either
+term alone is a valid test, so the larger is too. The p-value is the alpha at which that half-width reaches |mean|.
+With no example part this is exactly the one-sample t test on the S values (for paired arms scipy's ttest_rel on the
+per-seed means; pooled, statsmodels' OLS contrast test); with no seed part, the bootstrap's normal test. In between it
+is conservative: simulated over the ratio Var(e) / (Var(u) / S) (tests/test_stats.py), the rate of |error| >
+half-width stays at or below alpha (with 2 seeds: alpha where the seed part dominates, down to 0.26 alpha in
+between). The textbook alternative, Student's t with the Welch-Satterthwaite df of the sum, is not: with S - 1 = 1
+its df shoots up whenever s^2 is small by chance, and it rejected 12.7% at alpha 0.05 where Var(e) is a twentieth of
+the seed part. With 2 seeds and seed noise dominating, the 97.5% quantile is 12.7, not 1.96: that is what 2 seeds
+can say alone, and why comparisons pool. Two groups of seeds that are not paired are Welch's two-sample test
+(s_x^2 / S_x + s_y^2 / S_y, with Welch's df). With one seed nothing measures seed noise: the SE is the bootstrap's
+over examples alone (the normal test), a caveat the report and `harness check` state.
 
 Why not resample the seeds too (the two-way "pigeonhole" bootstrap, Owen 2007, as before): with S seeds it shrinks the
 seed variance by (S-1)/S, and a normal test ignores that s^2 has S - 1 degrees of freedom. With 2 seeds and seed-heavy
@@ -46,6 +49,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import special
 from scipy.optimize import brentq
 
@@ -84,15 +88,41 @@ def boot_means(scores: np.ndarray, counts: np.ndarray, weights: np.ndarray | Non
         return num / den
 
 
-def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.95) -> dict:
+def pooled_seed_variance(x: np.ndarray, group: np.ndarray, seed: np.ndarray | None = None) -> tuple[float, int]:
+    """The seed noise of one run's value, pooled over many groups of runs: the residual mean square of the additive
+    model x ~ group + seed (least squares; x one observed value per run, NaN left out), with its degrees of freedom
+    n - rank: (G - 1)(S - 1) for G groups that all ran the same S seeds. Without `seed`, x ~ group (the pooled
+    within-group variance, n - G df). The seed term takes out what a seed does to every group alike (a shared data
+    order, a shared initialisation), which a paired difference cancels anyway; the residual is the noise of
+    x[a, s] - x[b, s] (variance 2 x the result). It assumes the groups' seed noise is alike: the classic analysis-of-
+    variance error term. (nan, 0) when nothing is left to measure it."""
+    x = np.asarray(x, dtype=float)
+    ok = ~np.isnan(x)
+    cols = [pd.get_dummies(pd.Series(np.asarray(group)[ok], dtype=str)).to_numpy(float)]
+    if seed is not None:
+        cols.append(pd.get_dummies(pd.Series(np.asarray(seed)[ok], dtype=str)).to_numpy(float)[:, 1:])
+    design, x = np.hstack(cols), x[ok]
+    df = len(x) - int(np.linalg.matrix_rank(design)) if len(x) else 0
+    if df <= 0:
+        return float("nan"), 0
+    resid = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    return float(resid @ resid / df), df
+
+
+def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.95,
+              pooled: tuple[float, int] | None = None) -> dict:
     """The mean over seeds of x (seeds x (B + 1): per seed, its value and its resamples over examples), or with y the
     difference of two groups' means over seeds that are not paired (x - y, Welch), with its standard error, the
     seed part's degrees of freedom, interval and two-sided p-value for 0 (the module docstring has the arithmetic).
-    x and y share their example resamples (columns) where their runs were scored on the same examples."""
+    x and y share their example resamples (columns) where their runs were scored on the same examples.
+    `pooled` (x only): (the variance of one seed's value of x, its degrees of freedom) measured over more runs than
+    these (pooled_seed_variance); it replaces s^2 and S - 1. Ignored with one seed or no degree of freedom."""
     groups = [(np.atleast_2d(x), 1.0)] + ([] if y is None else [(np.atleast_2d(y), -1.0)])
+    if pooled is not None and (y is not None or not pooled[1] > 0):
+        pooled = None
     est = float(sum(c * g[:, 0].mean() for g, c in groups))
     var_ex = float(np.var(sum(c * g[:, 1:].mean(axis=0) for g, c in groups), ddof=1))
-    seed_parts = []  # (s_g^2 / S_g, S_g - 1) per group with seeds to measure
+    seed_parts = []  # (s_g^2 / S_g, own_g / S_g, S_g - 1) per group with seeds to measure
     for g, _ in groups:
         s = len(g)
         if s < 2:
@@ -100,15 +130,22 @@ def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.
         cov = np.cov(g[:, 1:])
         own = np.trace(cov) / s - (cov.sum() - np.trace(cov)) / (s * (s - 1))  # a run's own example noise
         var_ex -= own / s  # it is in s^2 below: count it once
-        # s^2 is at least a run's own example noise, which u_s contains (seeds of binary scores can tie: s^2 = 0)
-        seed_parts.append((float(np.maximum(np.var(g[:, 0], ddof=1), own)) / s, s - 1))
+        s2, df_s = (np.var(g[:, 0], ddof=1), s - 1) if pooled is None else pooled
+        seed_parts.append((float(s2) / s, float(own) / s, df_s))
     var_ex = float(np.maximum(var_ex, 0.0))  # NaN stays NaN
-    var_seed = sum(q for q, _ in seed_parts)
-    df = var_seed ** 2 / sum(q ** 2 / d for q, d in seed_parts) if var_seed > 0 else np.inf
+    var_s2, var_own = (sum(q[i] for q in seed_parts) for i in (0, 1))
+    # Welch's df over the parts (S - 1 for one group), each part at least its runs' own example noise
+    floored = [(np.maximum(a, b), d) for a, b, d in seed_parts]
+    var_seed = sum(q for q, _ in floored)
+    df = var_seed ** 2 / sum(q ** 2 / d for q, d in floored) if var_seed > 0 else np.inf
 
     def half_width(alpha: float) -> float:  # each part at its own two-sided quantile, added in quadrature
-        # (scipy.special's quantiles: scipy.stats' norm.isf and t.isf are the same numbers at 100x the cost)
-        return float(np.sqrt(special.ndtri(alpha / 2) ** 2 * var_ex + special.stdtrit(df, alpha / 2) ** 2 * var_seed))
+        # (scipy.special's quantiles: scipy.stats' norm.isf and t.isf are the same numbers at 100x the cost). The seed
+        # part is at least the runs' own example noise, which u_s contains and the examples measure (a normal
+        # quantile; seeds of binary scores can tie: s^2 = 0): max(z^2 own, t^2 s^2) / S. Either term alone is a valid
+        # test, so the larger is too.
+        z2 = special.ndtri(alpha / 2) ** 2
+        return float(np.sqrt(z2 * var_ex + np.maximum(z2 * var_own, special.stdtrit(df, alpha / 2) ** 2 * var_s2)))
 
     se = float(np.sqrt(var_ex + var_seed))
     out = {"diff": est, "se": se, "df": float(df)}
@@ -117,8 +154,10 @@ def seed_test(x: np.ndarray, y: np.ndarray | None = None, confidence: float = 0.
         return out | {"ci_low": lo, "ci_high": lo, "p_value": p}
     if est == 0:
         p = 1.0
-    elif var_ex == 0 or var_seed == 0:  # one part only: Student's t (or the normal), in closed form
-        p = float(2 * special.stdtr(df, -abs(est) / se))
+    elif var_ex == 0 and var_own == 0:  # the seeds' spread only: Student's t, in closed form
+        p = float(2 * special.stdtr(df, -abs(est) / np.sqrt(var_s2)))
+    elif var_s2 == 0:  # the examples only: the normal test
+        p = float(2 * special.ndtr(-abs(est) / np.sqrt(var_ex + var_own)))
     else:  # the alpha at which the half-width reaches |est| (it shrinks as alpha grows, to 0 at alpha = 1)
         def excess(log_alpha: float) -> float:
             return half_width(np.exp(log_alpha)) - abs(est)

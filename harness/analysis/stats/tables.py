@@ -11,7 +11,7 @@ import pandas as pd
 
 from harness import store
 from harness.analysis.stats.bootstrap import (Options, adjust, boot_means, effect_size, example_counts, mcnemar,
-                                              over_seeds, seed_counts, seed_test)
+                                              over_seeds, pooled_seed_variance, seed_counts, seed_test)
 from harness.analysis.stats.family import Family, arms_from_runs, of_runs
 from harness.analysis.stats.scores import BASELINES, ROLE_ORDER, Metric, Scores, metric_samples, metrics_for
 from harness.spec import Analysis
@@ -82,11 +82,23 @@ def analyse(s: Scores, opts: Options = Options(), analysis: Analysis = Analysis(
     n_docs = {m.name: sum(len(s.tasks[t].doc_ids) for t in m.coefs) for m in mets}
     groups = _groups(runs)
     fam = of_runs(analysis, runs)
-    cmp = _comparison_table(s, groups, mets, values, n_docs, opts, fam)
+    pooled = _pooled(runs, mets, values) if analysis.seed_noise == "pooled" else {}
+    cmp = _comparison_table(s, groups, mets, values, n_docs, opts, fam, pooled)
     n_models = runs.loc[runs["kind"] == "sft", "model"].nunique()
     return Tables(_run_table(s, mets, values, n_docs, opts), _arm_table(s, groups, mets, values, n_docs, opts), cmp,
-                  fam.describe(n_models, int((cmp["family"] == "primary").sum())),
+                  fam.describe(n_models, int((cmp["family"] == "primary").sum())) + "; " + _noise_line(runs, pooled),
                   exchange_rates(s, groups, values, opts, analysis.exchange))
+
+
+def _noise_line(runs: pd.DataFrame, pooled: dict[tuple, tuple[float, int]]) -> str:
+    """The seed noise the comparisons count, in words."""
+    dfs = sorted({df for _, df in pooled.values() if df > 0})
+    if not dfs:
+        return "seed noise: each comparison's own seeds (seeds - 1 degrees of freedom)"
+    sft = runs[runs["kind"] == "sft"]
+    n = (sft["method"] + "/" + sft["arm"].astype(str)).groupby(sft["model"]).nunique().max()
+    return (f"seed noise: pooled per metric over the {n} method x arm groups (score ~ group + seed, "
+            f"{'/'.join(map(str, dfs))} degrees of freedom; assumes the groups' seed noise alike)")
 
 
 def _run_table(s: Scores, mets: list[Metric], values: dict[str, np.ndarray], n_docs: dict[str, int],
@@ -119,10 +131,23 @@ def _arm_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[Metric],
                                            "n_examples"])
 
 
+def _pooled(runs: pd.DataFrame, mets: list[Metric], values: dict[str, np.ndarray]) -> dict[tuple, tuple[float, int]]:
+    """(model, metric) -> the seed noise of a paired difference of two trained runs (variance, df), pooled over every
+    method x arm of the model (pooled_seed_variance: 2 x the residual of score ~ method x arm + seed)."""
+    out = {}
+    for model, g in runs[runs["kind"] == "sft"].groupby("model", sort=False):
+        rows, group = g["row"].to_numpy(), (g["method"] + "/" + g["arm"].astype(str)).to_numpy()
+        for m in mets:
+            var, df = pooled_seed_variance(values[m.name][rows, 0], group, g["seed"].to_numpy())
+            out[model, m.name] = (2 * var, df)
+    return out
+
+
 def _comparison_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[Metric],
                       values: dict[str, np.ndarray], n_docs: dict[str, int], opts: Options,
-                      fam: Family) -> pd.DataFrame:
-    """Every pair of arms (and of methods), paired by seed and example, with p-values corrected within its family."""
+                      fam: Family, pooled: dict[tuple, tuple[float, int]]) -> pd.DataFrame:
+    """Every pair of arms (and of methods), paired by seed and example, with p-values corrected within its family;
+    the seed noise pooled over the matrix where `pooled` has it (model, metric), else each pair's own."""
     compared = [m for m in mets if not m.name.endswith(":vs_base") and m.name != "learn_gain"]
     cmp_rows = []
     for kind, ka, kb in _pairs(groups):
@@ -134,7 +159,8 @@ def _comparison_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[M
         rb = gb.set_index("seed").loc[seeds, "row"].to_numpy()
         matched = _matched(ga, gb, seeds, sum(len(t.doc_ids) for t in s.tasks.values()), len(s.tasks))
         for m in compared:
-            res = seed_test(values[m.name][ra] - values[m.name][rb], confidence=opts.confidence)
+            res = seed_test(values[m.name][ra] - values[m.name][rb], confidence=opts.confidence,
+                            pooled=pooled.get((ka[0], m.name)))
             sizes, p_mc = [], None
             for t, coef in m.coefs.items():
                 task = s.tasks[t]
