@@ -25,30 +25,17 @@ design, full FT and LoRA x curated / random control / bulk x 2 seeds, on the mic
 words and format questions with its defects), evaluated on skills_words, skills_format (32 examples each) and
 prose_bpb (23).
 
-Measured 2026-12-04 on a shared 2-core AMD EPYC (AVX2 only), with the test of stats.seed_test (200 matrices each,
-1,000 resamples; in brackets the 95% Monte-Carlo interval; power: full FT curated vs bulk at +0.144 learn):
-  parametric model, 2 seeds: family-wise rate of a primary "significant" 0.0% [0.0, 1.8] (uncorrected 0.0%);
-    coverage of every 95% interval 100%; power 0.0% [0.0, 1.8]; harness check false alarms 0.0% [0.0, 1.8] (default
-    policy and no allowance alike). 5 seeds: 0.0% [0.0, 1.8] (uncorrected 15%); coverage 98.2%; power 99.5%
-    [97.2, 100]; check 0.0% [0.0, 1.8].
-  fitted to mini-demo, 2 seeds: 0.0% [0.0, 1.8] (uncorrected 0.5%); coverage 100%; power 0.0% [0.0, 1.8]; check
-    0.0% [0.0, 1.8]. 5 seeds: 1.0% [0.1, 3.6] (uncorrected 25.5%); coverage 97.9%; power 5.5% [2.8, 9.6]; check 0.5%
-    [0.0, 2.8]. With learn alone as the primary metric (--metrics learn): 2 seeds 0.0% [0.0, 1.8], power 0.0%
-    [0.0, 1.8]; 5 seeds 0.0% [0.0, 1.8], power 18% [13, 24].
-With 2 seeds nothing is significant: each test's seed part has one degree of freedom, and Holm's first threshold in
-a family of 14, 0.05 / 14, needs |t| > 178 at 1 df.
-
-Before (the two-way bootstrap over seeds x examples and a normal test; 2026-12-03 on a shared 2-core Xeon, except
-the parametric 5-seed figures, the fitted 5-seed power and the check with a shared base run, 2026-12-04 on the
-EPYC): parametric, 2 seeds 4.0% [1.7, 7.7] (uncorrected 36%), coverage 94.5%, power
-100% [98.2, 100]; 5 seeds 0.0% [0.0, 1.8] (uncorrected 13%), coverage 97.9%, power 100% [98.2, 100]. Fitted, 2 seeds
-62.5% [55.4, 69.2] (uncorrected 85.5%), coverage 88.4%, power 11% [7, 16]; learn alone 0.5% [0.0, 2.8], power 16.5%
-[11.6, 22.4]; 5 seeds 18% [13, 24], coverage 95.7%, power 39.5% [32.7, 46.6]. prose_bpb's seed-to-seed sd (0.28 bits
-per byte) dwarfs its 23 examples' noise, and with 2 seeds the seed level of the two-way bootstrap has one degree of
-freedom and is shrunk by (S-1)/S. harness check: parametric 3.5% [1.4, 7.1], fitted 36% [29, 43] (5 seeds 27%
-[21, 34]) while the simulation drew each side's base run afresh; with one base run for both sides (as now, see
-simulate_check): parametric 1.0% [0.1, 3.6] (5 seeds 0.0% [0.0, 1.8]), fitted 36.5% [29.8, 43.6] (5 seeds 10.5%
-[6.6, 15.6]).
+Measured 2026-12-04 on a shared 2-core AMD EPYC (AVX2 only), with the test of stats.seed_test and the seed noise
+pooled over the matrix (the default; 200 matrices each, 300 resamples; in brackets the 95% Monte-Carlo interval;
+power: full FT curated vs bulk at +0.144 learn):
+  parametric model, 2 seeds: family-wise rate of a primary "significant" 2.0% [0.5, 5.0] (uncorrected 36%); coverage
+    of every 95% interval 96.1%; power 94% [90, 97]; harness check false alarms 2.0% [0.5, 5.0].
+  fitted to mini-demo, 2 seeds: 2.0% [0.5, 5.0]; coverage 97.2%; power 7.5% [4.3, 12.1] (its learn tasks have 32
+    examples each); check 1.5% [0.3, 4.3]. 5 seeds: power 85% [79, 90]. --lora-sd 0.333 (seed noise unlike across
+    methods, variance 1 : 9): 3.0% [1.1, 6.4], coverage 96.5%, check 3.0% [1.1, 6.4]; --lora-sd 3: 2.5% [0.8, 5.7].
+With --seed-noise per-comparison (each comparison's own seeds: one degree of freedom at 2 seeds) and, before that,
+the two-way bootstrap over seeds x examples (62.5% family-wise error on the fitted model at 2 seeds): the tables in
+docs/benchmarks.md ("Error rates of the verdicts").
 """
 
 from __future__ import annotations
