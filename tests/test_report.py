@@ -109,14 +109,19 @@ def test_an_older_run_of_the_same_cell_is_left_out(tmp_path):
 
 
 def test_stats_api_reproduces_the_report(syn):
-    """stats.compare on plain arrays gives the report's numbers (a script can recompute a comparison)."""
+    """stats.compare on plain arrays gives the report's numbers (a script can recompute a comparison), with the seed
+    noise pooled over the matrix's trained runs as the report pools it."""
     db, _ = syn
     with store.reader(db) as con:
         s = stats.load(con, "synthetic")
     task = s.tasks["skills_facts"]
     rows = [s.runs[(s.runs["method"] == "full") & (s.runs["arm"] == arm)].sort_values("seed")["row"]
             for arm in ("curated", "random")]
-    res = stats.compare(task.scores[rows[0]], task.scores[rows[1]], task="skills_facts")
+    sft = s.runs[s.runs["kind"] == "sft"]
+    var, df = stats.pooled_seed_variance(np.nanmean(task.scores[sft["row"]], axis=1),
+                                         (sft["method"] + "/" + sft["arm"]).to_numpy(), sft["seed"].to_numpy())
+    res = stats.compare(task.scores[rows[0]], task.scores[rows[1]], task="skills_facts", pooled=(2 * var, df))
+    assert res["df"] == df > len(rows[0]) - 1
     ref = _rows(db, "SELECT * FROM stat_comparisons WHERE metric = 'skills_facts' AND a_method = 'full' "
                     "AND b_method = 'full' AND a_arm = 'curated' AND b_arm = 'random'")[0]
     for k in ("diff", "se", "p_value", "effect_size", "p_mcnemar"):

@@ -241,17 +241,19 @@ def mean_interval(scores: np.ndarray, weights: np.ndarray | None = None, opts: O
 
 
 def compare(a: np.ndarray, b: np.ndarray, higher_is_better: bool = True, weights: np.ndarray | None = None,
-            opts: Options = Options(), task: str = "") -> dict:
+            opts: Options = Options(), task: str = "", pooled: tuple[float, int] | None = None) -> dict:
     """Paired comparison of two arms scored on the same examples (columns) with the same seeds (rows, same order):
     difference a - b with its interval, degrees of freedom and (uncorrected) p-value (seed_test on the per-seed
     differences), d_z effect size, exact McNemar (binary scores), and whether a is the better one (oriented by
-    higher_is_better). With the same `task` name, it reproduces `harness report`'s numbers for that task
-    (stat_comparisons) exactly."""
+    higher_is_better). `pooled`: the seed noise of one seed's difference measured over a whole matrix (2 x
+    pooled_seed_variance of its runs' values, and its df), as `harness report` counts it by default. With the same
+    `task` name (and that `pooled`), it reproduces the report's numbers for that task (stat_comparisons) exactly."""
     a, b = np.atleast_2d(a), np.atleast_2d(b)
     if a.shape != b.shape:
         raise ValueError(f"compare: a and b must be paired (same seeds x examples), got {a.shape} and {b.shape}")
     counts = example_counts(a.shape[1], opts, task)
-    out = seed_test(boot_means(a, counts, weights) - boot_means(b, counts, weights), confidence=opts.confidence)
+    out = seed_test(boot_means(a, counts, weights) - boot_means(b, counts, weights), confidence=opts.confidence,
+                    pooled=pooled)
     out["effect_size"] = effect_size(a, b, weights)
     out["p_mcnemar"] = mcnemar(a, b)
     out["a_better"] = (out["diff"] > 0) == higher_is_better if out["diff"] != 0 else None

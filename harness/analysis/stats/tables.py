@@ -94,11 +94,11 @@ def _noise_line(runs: pd.DataFrame, pooled: dict[tuple, tuple[float, int]]) -> s
     """The seed noise the comparisons count, in words."""
     dfs = sorted({df for _, df in pooled.values() if df > 0})
     if not dfs:
-        return "seed noise: each comparison's own seeds (seeds - 1 degrees of freedom)"
+        return "seed noise: from the seeds of each comparison alone (seeds - 1 degrees of freedom)"
     sft = runs[runs["kind"] == "sft"]
     n = (sft["method"] + "/" + sft["arm"].astype(str)).groupby(sft["model"]).nunique().max()
     return (f"seed noise: pooled per metric over the {n} method x arm groups (score ~ group + seed, "
-            f"{'/'.join(map(str, dfs))} degrees of freedom; assumes the groups' seed noise alike)")
+            f"{'/'.join(map(str, dfs))} degrees of freedom; assumes seed noise alike across the groups)")
 
 
 def _run_table(s: Scores, mets: list[Metric], values: dict[str, np.ndarray], n_docs: dict[str, int],
