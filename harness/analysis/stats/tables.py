@@ -82,21 +82,29 @@ def analyse(s: Scores, opts: Options = Options(), analysis: Analysis = Analysis(
     n_docs = {m.name: sum(len(s.tasks[t].doc_ids) for t in m.coefs) for m in mets}
     groups = _groups(runs)
     fam = of_runs(analysis, runs)
-    pooled = _pooled(runs, mets, values) if analysis.seed_noise == "pooled" else {}
+    pooled = _pooled(groups, mets, values) if analysis.seed_noise == "pooled" else {}
     cmp = _comparison_table(s, groups, mets, values, n_docs, opts, fam, pooled)
     n_models = runs.loc[runs["kind"] == "sft", "model"].nunique()
     return Tables(_run_table(s, mets, values, n_docs, opts), _arm_table(s, groups, mets, values, n_docs, opts), cmp,
-                  fam.describe(n_models, int((cmp["family"] == "primary").sum())) + "; " + _noise_line(runs, pooled),
+                  fam.describe(n_models, int((cmp["family"] == "primary").sum())) + "; " + _noise_line(groups, pooled),
                   exchange_rates(s, groups, values, opts, analysis.exchange))
 
 
-def _noise_line(runs: pd.DataFrame, pooled: dict[tuple, tuple[float, int]]) -> str:
+def _sft_groups(groups: dict[tuple, pd.DataFrame]) -> dict[str, list[pd.DataFrame]]:
+    """model -> its trained (method, arm) groups of runs."""
+    out: dict[str, list[pd.DataFrame]] = {}
+    for (model, _, _), g in groups.items():
+        if (g["kind"] == "sft").all():
+            out.setdefault(model, []).append(g)
+    return out
+
+
+def _noise_line(groups: dict[tuple, pd.DataFrame], pooled: dict[tuple, tuple[float, int]]) -> str:
     """The seed noise the comparisons count, in words."""
     dfs = sorted({df for _, df in pooled.values() if df > 0})
     if not dfs:
         return "seed noise: from the seeds of each comparison alone (seeds - 1 degrees of freedom)"
-    sft = runs[runs["kind"] == "sft"]
-    n = (sft["method"] + "/" + sft["arm"].astype(str)).groupby(sft["model"]).nunique().max()
+    n = max(len(gs) for gs in _sft_groups(groups).values())
     return (f"seed noise: pooled per metric over the {n} method x arm groups (score ~ group + seed, "
             f"{'/'.join(map(str, dfs))} degrees of freedom; assumes seed noise alike across the groups)")
 
@@ -131,14 +139,17 @@ def _arm_table(s: Scores, groups: dict[tuple, pd.DataFrame], mets: list[Metric],
                                            "n_examples"])
 
 
-def _pooled(runs: pd.DataFrame, mets: list[Metric], values: dict[str, np.ndarray]) -> dict[tuple, tuple[float, int]]:
+def _pooled(groups: dict[tuple, pd.DataFrame], mets: list[Metric],
+            values: dict[str, np.ndarray]) -> dict[tuple, tuple[float, int]]:
     """(model, metric) -> the seed noise of a paired difference of two trained runs (variance, df), pooled over every
     method x arm of the model (pooled_seed_variance: 2 x the residual of score ~ method x arm + seed)."""
     out = {}
-    for model, g in runs[runs["kind"] == "sft"].groupby("model", sort=False):
-        rows, group = g["row"].to_numpy(), (g["method"] + "/" + g["arm"].astype(str)).to_numpy()
+    for model, gs in _sft_groups(groups).items():
+        rows = np.concatenate([g["row"].to_numpy() for g in gs])
+        label = np.repeat(np.arange(len(gs)), [len(g) for g in gs])
+        seeds = np.concatenate([g["seed"].to_numpy() for g in gs])
         for m in mets:
-            var, df = pooled_seed_variance(values[m.name][rows, 0], group, g["seed"].to_numpy())
+            var, df = pooled_seed_variance(values[m.name][rows, 0], label, seeds)
             out[model, m.name] = (2 * var, df)
     return out
 
