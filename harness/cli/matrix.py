@@ -143,9 +143,12 @@ def matrix_run(file: Optional[Path] = typer.Argument(None, help="Matrix YAML or 
     try:
         opts = runner.run_options(p, executor, workers=workers, address=address, retries=retries, gpus=gpus,
                                   partition=partition, account=account, time_minutes=time_minutes)
-        if opts.executor == "local" or opts.device_memory_gb:  # elsewhere the devices are not known from here
-            _refuse_unfit(p, plan.memory_plan(p, plan.DeviceMemory.here(opts.device_memory_gb)))
-        stats = runner.execute(p, results, path, opts, force=force, dry_run=dry_run, console=err)
+        def memory_check() -> None:
+            if opts.executor == "local" or opts.device_memory_gb:  # elsewhere the devices are not known from here
+                _refuse_unfit(p, plan.memory_plan(p, plan.DeviceMemory.here(opts.device_memory_gb)))
+
+        stats = runner.execute(p, results, path, opts, force=force, dry_run=dry_run, console=err,
+                               preflight=memory_check)
     except input_errors() as e:
         raise fail(str(e)) from None
     if dry_run:

@@ -53,6 +53,10 @@ class _Worker:
         self.proc.wait()
         self.log.close()
 
+    def kill(self) -> None:
+        self.proc.kill()
+        self.close()
+
 
 class LocalExecutor:
     def __init__(self, workers: int, threads: int):
@@ -61,8 +65,8 @@ class LocalExecutor:
         self.events: queue.Queue = queue.Queue()
 
     def start(self, results: Path, n_jobs: int) -> None:
-        """Start the workers ahead of the jobs: their imports (~4 s each) overlap the runner's base pretraining and
-        data builds."""
+        """Start the workers ahead of the jobs: their imports (~7 s each) overlap the runner's memory plan, base
+        pretraining and data builds."""
         logs = results / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.pool = [_Worker(results, logs / f"worker-{i}.log", self.events, i)
@@ -72,6 +76,11 @@ class LocalExecutor:
     def close(self) -> None:
         for w in self.pool:
             w.close()
+
+    def abort(self) -> None:
+        """Stop the workers at once (the run was refused before any job)."""
+        for w in self.pool:
+            w.kill()
 
     def run(self, jobs: list[Job], results: Path) -> Iterator[Event]:
         t_run = time.perf_counter()

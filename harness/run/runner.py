@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from harness import models, store
 from harness.data.build import build, dataset_dir, load_rows
@@ -102,8 +104,9 @@ def _curation_compute(folders: list[Path]) -> float:
 
 
 def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dry_run: bool = False,
-            console=None) -> RunStats:
-    """Run every unfinished cell on the executor `opts` names; returns where the time went (and how many failed)."""
+            console=None, preflight: Callable[[], None] | None = None) -> RunStats:
+    """Run every unfinished cell on the executor `opts` names; returns where the time went (and how many failed).
+    `preflight` (the memory plan) may refuse the run by raising: then nothing is left written."""
     from rich.console import Console
 
     t_start = time.perf_counter()
@@ -112,6 +115,10 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     done = finished(p, results) if not force else set()
     todo = [i for i in p.ids if i not in done]
     executor = make_executor(p, opts, results)
+    if todo and not dry_run and hasattr(executor, "start"):  # local workers import while the checks run, the
+        _start_workers(executor, results, len(todo), preflight)  # base pretrains and the data builds
+    elif preflight:
+        preflight()
     if dry_run:
         _show_dry_run(p, todo, executor, opts.executor, results, console)
         return stats
@@ -124,8 +131,6 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
     if not todo:
         console.print(f"[green]all {len(p.ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
         return stats
-    if hasattr(executor, "start"):  # local workers import while the base pretrains and the data builds
-        executor.start(results, len(todo))
     try:
         _build_inputs(p, set(todo), results, db, stats, console)
         jobs = jobs_for(p, set(todo), executor.info.threads)
@@ -141,6 +146,21 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
                                 stats.wall_seconds, stats.compute_seconds, stats.overhead_seconds, stats.parts,
                                 stats.compute, stats.lost_seconds)
     return stats
+
+
+def _start_workers(executor, results: Path, n_jobs: int, preflight: Callable[[], None] | None) -> None:
+    """Start the executor's workers, then run the preflight check: their imports (~7 s of a core each) overlap it.
+    A refusal stops the workers and removes the log folder they were given, if this created it."""
+    created = next((d for d in reversed([results / "logs", *(results / "logs").parents]) if not d.exists()), None)
+    executor.start(results, n_jobs)
+    try:
+        if preflight:
+            preflight()
+    except BaseException:
+        executor.abort()
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def _show_dry_run(p: Plan, todo: list[str], executor: Executor, name: str, results: Path, console) -> None:
