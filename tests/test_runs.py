@@ -44,6 +44,7 @@ def test_show_prints_config_scores_cost_and_commands(ci_run):
     assert "harness data show" in text
     assert text.count("lm_eval --model hf") == 2 and "--apply_chat_template --fewshot_as_multiturn" in text
     assert "peft=" in text
+    assert text.count("attn_implementation=sdpa") == 2  # scored with SDPA, trained with eager attention on CPU
     bad = CliRunner().invoke(app, ["show", "zzzz", "--results", str(results)])
     assert bad.exit_code == 2 and "no such run" in bad.output
 

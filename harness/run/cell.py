@@ -231,6 +231,7 @@ def _train_and_evaluate(job: Job, cfg: dict, row: dict, tmp: Path, final: Path, 
     scores = evaluate(model, tokenizer, ev["learn"], ev["forget"], ev.get("include", []), limit=ev["limit"],
                       batch_size=ev["batch_size"], device=device, autocast=dtype)
     row["eval_seconds"] = time.perf_counter() - t2
+    row["env"]["eval_attention"] = scores.attention
     return curve, scores
 
 
