@@ -5,7 +5,7 @@ facts and demonstrates its skills in prose, from `corpus`):
   - the BULK SFT pool (instruction/response pairs with realistic defects),
   - held-out eval prompts for the lm-eval tasks in tasks/.
 
-The skills are closed worlds sized for a ~1M-parameter model: small-number arithmetic, facts about fictional countries,
+The skills are closed worlds sized for a <1M-parameter model: small-number arithmetic, facts about fictional countries,
 a small lexicon, number words and word counting. (Measured: such a model memorises a 140-item table in 300 steps but
 does not learn in-context copying on a CPU budget, so no skill asks it to copy from the prompt.) Every item has one
 correct answer, so a verifier can check any response. Eval prompts are held out as (item, phrasing) pairs: 1 in 4 is

@@ -38,7 +38,7 @@ class Train:
     # out of training (either way counted per cell: rows, trained tokens lost; runs and length_decisions tables)
     loss_on: Literal["all", "last"] = "all"  # chat rows: every assistant turn carries loss (TRL's assistant_only_loss,
     # axolotl's and LLaMA-Factory's default), or only the final one. A {prompt, response} row has one turn either way
-    lr: float = 1e-3  # right for the ~1M-parameter tiny base (full FT and LoRA); use ~2e-5 (full) for 100M+
+    lr: float = 1e-3  # right for the 0.7M-parameter tiny base (full FT and LoRA); use ~2e-5 (full) for 100M+
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decays to lr/10
     warmup: float = 0.1  # fraction of steps with linear warm-up
     weight_decay: float = 0.0
