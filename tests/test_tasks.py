@@ -164,6 +164,19 @@ def test_lm_eval_scores_a_tiny_model_on_project_tasks(micro_model):
     # per-sample bits per byte average to the task's value (lm-eval weights by bytes, so compare loosely)
     per_doc = [s["score"] for s in res.samples if s["task"] == "prose_bpb"]
     assert min(per_doc) <= bpb["value"] <= max(per_doc)
+    assert res.attention == "sdpa" == model.config._attn_implementation  # loaded eager, scored with SDPA
+
+
+def test_a_model_without_sdpa_is_scored_with_the_attention_it_has(micro_model, monkeypatch):
+    model, tok = micro_model
+    model.set_attn_implementation("eager")
+
+    def no_sdpa(implementation):  # what transformers raises for an architecture without SDPA
+        raise ValueError(f"{type(model).__name__} does not support an attention implementation through sdpa")
+
+    monkeypatch.setattr(model, "set_attn_implementation", no_sdpa)
+    res = evaluate(model, tok, learn=["skills_arith"], forget=[], limit=2)
+    assert res.attention == "eager" and len(res.samples) == 2
 
 
 @pytest.mark.slow

@@ -282,7 +282,8 @@ def _scoring_attention(model) -> str:
 
 def evaluate(model, tokenizer, learn: list[str], forget: list[str], include: list[str] | tuple[str, ...] = (),
              limit: int | None = None, batch_size: int = 32, device: str = "cpu", autocast=None) -> TaskScores:
-    """Score an in-memory model on the learn tasks (chat template on) and the forget tasks (raw LM)."""
+    """Score an in-memory model on the learn tasks (chat template on) and the forget tasks (raw LM). The model is
+    switched to SDPA attention for it (ATTENTION) and left so."""
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     model.eval()
     out = TaskScores(attention=_scoring_attention(model))
