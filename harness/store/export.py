@@ -154,7 +154,9 @@ def lm_eval_commands(run: dict, results: Path) -> dict[str, str]:
     env, ev = run["env"], run["config"]["eval"]
     args = {"pretrained": pretrained, "peft": adapter, "tokenizer": tokenizer, "dtype": "float32",
             "mixed_precision_dtype": "bfloat16" if env.get("autocast") == "torch.bfloat16" else None,
-            "attn_implementation": env.get("eval_attention") or env.get("attention"), "max_length": _max_length(tokenizer)}
+            # the attention it was scored with (runs stored before eval_attention existed: the one it trained with)
+            "attn_implementation": env.get("eval_attention") or env.get("attention"),
+            "max_length": _max_length(tokenizer)}
     model_args = ",".join(f"{k}={v}" for k, v in args.items() if v is not None)
     include = ev.get("include", [])
     out = {}
