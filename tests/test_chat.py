@@ -14,7 +14,7 @@ import torch
 
 from harness.data import sources
 from harness.models.pretrain import PLAIN_CHAT_TEMPLATE
-from harness.train.sft import IGNORE, collate, encode_conversation, encode_row, fit_length, label_loss, pack
+from harness.train.sft import IGNORE, collate, encode_conversation, encode_rows, fit_length, label_loss, pack
 
 from test_models import CHATML
 
@@ -110,7 +110,21 @@ def test_a_single_turn_chat_row_trains_as_a_prompt_response_row(micro_model):
             "prompt": "What is 2 + 3?", "response": "5"}
     plain = {k: v for k, v in chat.items() if k != "messages"}
     for loss_on in ("all", "last"):
-        assert encode_row(tok, chat, 64, loss_on) == encode_row(tok, plain, 64, loss_on)
+        assert encode_rows(tok, [chat], 64, loss_on) == encode_rows(tok, [plain], 64, loss_on)
+
+
+@pytest.mark.parametrize("loss_on", ["all", "last"])
+def test_rows_encoded_in_one_tokenizer_call_match_each_encoded_alone(micro_model, loss_on):
+    tok = tokenizer(micro_model, CHATML)
+    rows = [{"id": f"c{i}", "messages": m} for i, m in enumerate(CONVERSATIONS)]
+    rows += [{"id": "p0", "prompt": "What is 2 + 3?", "response": "5"}, {"id": "p1", "prompt": "Hi", "response": "Hello"}]
+    messages = [r.get("messages") or [{"role": "user", "content": r["prompt"]},
+                                      {"role": "assistant", "content": r["response"]}] for r in rows]
+    limit = sorted(len(encode_conversation(tok, m, 10**6).input_ids) for m in messages)[2]  # cuts the two longest
+    alone = [encode_conversation(tok, m, limit, loss_on) for m in messages]
+    assert sum(bool(e.cut) for e in alone) == 2
+    assert encode_rows(tok, rows, limit, loss_on) == alone
+    assert encode_rows(tok, rows, limit, loss_on, chunk=2) == alone  # across chunk boundaries
 
 
 def test_system_turn_goes_to_the_templates_system_role(micro_model):
@@ -129,16 +143,16 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(micro_model):
                                        "{% for message in messages %}{% if message['role'] != 'assistant' or "
                                        "loop.last %}").replace("{% endfor %}", "{% endif %}{% endfor %}")
     with pytest.raises(ValueError, match=r"^row c1: messages\.3: the chat template does not render the turns before"):
-        encode_row(tok, {"id": "c1", "messages": CONVERSATIONS[1]}, 10**6)
+        encode_rows(tok, [{"id": "c1", "messages": CONVERSATIONS[1]}], 10**6)
 
 
 def test_too_long_rows_are_truncated_or_dropped_and_counted(micro_model):
     tok = micro_model[1]
     rows = [{"id": f"c{i}", "messages": m} for i, m in enumerate(CONVERSATIONS)]
-    full = [encode_row(tok, r, 10**6) for r in rows]
+    full = encode_rows(tok, rows, 10**6)
     limit = len(full[1].input_ids) - 3  # cuts conversation 1 inside its last turn; the others fit
     assert len(full[0].input_ids) <= limit and len(full[2].input_ids) <= limit
-    cut = [encode_row(tok, r, limit) for r in rows]
+    cut = encode_rows(tok, rows, limit)
     assert cut[1].input_ids == full[1].input_ids[:limit] and cut[1].trained_lost == 3 and cut[1].cut == 3
     kept, decisions = fit_length([r["id"] for r in rows], cut, "truncate")
     assert kept == cut and decisions == [{"example_id": "c1", "action": "truncated", "tokens": len(full[1].input_ids),

@@ -83,11 +83,11 @@ def length_figures(rows: list[dict], tokenizer, max_length: int, too_long: str) 
     """What train.max_length and train.too_long cost a data set with this tokenizer and chat template: rows over
     the limit, rows dropped, trained tokens lost; and trained tokens per row with loss on every assistant turn and on
     the last only (after the policy)."""
-    from harness.train.sft import encode_row, fit_length
+    from harness.train.sft import encode_rows, fit_length
 
     ids = [r["id"] for r in rows]
-    every, decisions = fit_length(ids, [encode_row(tokenizer, r, max_length, "all") for r in rows], too_long)
-    last, _ = fit_length(ids, [encode_row(tokenizer, r, max_length, "last") for r in rows], too_long)
+    every, decisions = fit_length(ids, encode_rows(tokenizer, rows, max_length, "all"), too_long)
+    last, _ = fit_length(ids, encode_rows(tokenizer, rows, max_length, "last"), too_long)
     trained = sum(d["trained_tokens"] for d in decisions) + sum(e.n_response for e in every if not e.cut)
     return {"rows": len(rows), "rows_over_length": len(decisions),
             "rows_dropped": sum(d["action"] == "dropped" for d in decisions),

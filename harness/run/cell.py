@@ -64,14 +64,14 @@ def _encoded(results: Path, dataset_id: str, model_fp: str, tr: dict, tokenizer)
     """A data set's rows and their token ids, kept for the worker's next cells (other methods and seeds of the same
     arm and model reuse them; the chat template is rendered twice per assistant turn, which adds up for 8,000 rows)."""
     from harness.data.build import load_rows
-    from harness.train.sft import encode_row
+    from harness.train.sft import encode_rows
 
     key = (str(results), dataset_id, model_fp, tr["max_length"], tr["loss_on"])
     if key not in _ENCODED:
         rows = load_rows(results, dataset_id)
         if len(_ENCODED) >= 4:  # a few data sets (a matrix's arms), bounded memory
             _ENCODED.pop(next(iter(_ENCODED)))
-        _ENCODED[key] = rows, [encode_row(tokenizer, r, tr["max_length"], tr["loss_on"]) for r in rows]
+        _ENCODED[key] = rows, encode_rows(tokenizer, rows, tr["max_length"], tr["loss_on"])
     return _ENCODED[key]
 
 
