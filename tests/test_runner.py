@@ -114,3 +114,31 @@ def test_an_engines_own_output_goes_to_its_log_and_progress_to_the_user(tmp_path
     assert set(log.read_text().splitlines()) == {
         "[state-dump] printed by the engine's thread", "forwarded worker line", "Bypassing sacct error",
         "C++ log line", "Slurm accounting storage is disabled"}
+
+
+def test_local_workers_score_the_base_while_the_data_builds_and_a_failed_build_leaves_nothing(tmp_path, micro_base,
+                                                                                            monkeypatch):
+    """The base job begins before the data sets are built (it needs none); when the build then fails, its worker is
+    stopped and its half-written folder removed: the run leaves no cell behind."""
+    import time
+
+    from harness.run import runner
+
+    p = plan(load_matrix(CI_MATRIX))
+    results = tmp_path / "results"
+    base_tmp = f".{p.bases[0].id}.tmp-*"
+    executors, make_executor = [], runner.make_executor
+
+    def build_data(*args):
+        deadline = time.monotonic() + 120
+        while not list((results / "runs").glob(base_tmp)):  # the worker has begun the base job
+            assert time.monotonic() < deadline, "the base job did not begin while the data was building"
+            time.sleep(0.05)
+        raise RuntimeError("a curation step failed")
+
+    monkeypatch.setattr(runner, "make_executor", lambda *a: executors.append(make_executor(*a)) or executors[-1])
+    monkeypatch.setattr(runner, "_build_data", build_data)
+    with pytest.raises(RuntimeError, match="a curation step failed"):
+        runner.execute(p, results, results / "harness.duckdb", run_options(p, "local"))
+    assert all(w.proc.poll() is not None for w in executors[0].pool)
+    assert list((results / "runs").iterdir()) == []

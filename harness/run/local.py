@@ -64,6 +64,7 @@ class LocalExecutor:
         self.info = ExecutorInfo("local", workers, threads)
         self.pool: list[_Worker] = []
         self.events: queue.Queue = queue.Queue()
+        self.current: dict[int, Job] = {}  # worker index -> the job it runs
 
     def start(self, results: Path, n_jobs: int) -> None:
         """Start the workers ahead of the jobs: their imports (~7 s each) overlap the runner's memory plan, base
@@ -73,6 +74,13 @@ class LocalExecutor:
         self.pool = [_Worker(results, logs / f"worker-{i}.log", self.events, i)
                      for i in range(min(self.info.slots, n_jobs))]
         self.info.slots = len(self.pool)
+
+    def begin(self, jobs: list[Job]) -> None:
+        """Hand jobs to the started workers now, one each, before `run` (which reports them): the base models are
+        scored while the runner builds the data sets. A worker still importing reads its job when it is ready."""
+        for idx, job in zip(range(len(self.pool)), jobs):
+            self.current[idx] = job
+            self.pool[idx].send(job)
 
     def close(self) -> None:
         for w in self.pool:
@@ -87,17 +95,21 @@ class LocalExecutor:
         t_run = time.perf_counter()
         if not self.pool:
             self.start(results, len(jobs))
-        events, pool, logs = self.events, self.pool, results / "logs"
-        pending = list(jobs)
-        current: dict[int, Job] = {}
+        events, pool, logs, current = self.events, self.pool, results / "logs", self.current
+        begun = {job.id for job in current.values()}
+        pending = [job for job in jobs if job.id not in begun]
         alive = len(pool)
         try:
+            for idx, job in list(current.items()):
+                yield Started(job, f"worker {idx}")
             while alive:
                 idx, ev = events.get()
                 kind = ev["event"]
                 if kind in ("ready", "done"):
                     if kind == "ready":  # what the run waited for the last worker (not what start() overlapped)
                         self.info.parts["worker start"] = time.perf_counter() - t_run
+                        if idx in current:  # it has its job from begin()
+                            continue
                     done = current.pop(idx) if kind == "done" else None
                     if pending:  # the next job first: the worker computes while the runner ingests
                         current[idx] = pending.pop(0)

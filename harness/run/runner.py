@@ -132,8 +132,9 @@ def execute(p: Plan, results: Path, db: Path, opts: Run, force: bool = False, dr
         console.print(f"[green]all {len(p.ids)} cells of {p.matrix.name} are finished[/] (use --force to rerun)")
         return stats
     try:
-        _build_inputs(p, set(todo), results, db, stats, console)
+        _build_models(p, set(todo), results, stats, console)
         jobs = jobs_for(p, set(todo), executor.info.threads)
+        _build_data_beside(p, set(todo), results, db, stats, console, executor, [j for j in jobs if j.kind == "base"])
         console.print(f"{p.matrix.name}: {len(jobs)} of {len(p.ids)} cells to run ({len(done)} finished) on the "
                       f"{opts.executor} executor", highlight=False)
         _run_jobs(p, executor, jobs, results, db, stats, console)
@@ -173,13 +174,33 @@ def _show_dry_run(p: Plan, todo: list[str], executor: Executor, name: str, resul
         console.print(executor.describe(jobs, results), highlight=False, markup=False, soft_wrap=True)
 
 
-def _build_inputs(p: Plan, todo: set[str], results: Path, db: Path, stats: RunStats, console) -> None:
-    """What the pending cells need: base models and data sets, built once and cached (the data sets' cards go into
-    the database)."""
+def _build_models(p: Plan, todo: set[str], results: Path, stats: RunStats, console) -> None:
+    """The base models the pending cells need, built once and cached."""
     t = time.perf_counter()
     for ref in {p.refs[c.model] for c in p.cells + p.bases if c.id in todo}:
         models.model_path(ref, results, log=console.print)
     stats.compute["base pretraining"] = time.perf_counter() - t  # compute (nothing when cached)
+
+
+def _build_data_beside(p: Plan, todo: set[str], results: Path, db: Path, stats: RunStats, console, executor,
+                       bases: list) -> None:
+    """Build the data sets while an executor that can begin jobs early (the local one) scores the base models: they
+    need no data, and the data pipeline runs on one core (the demo's: 1.6 s, its base's scoring: 3 s). When the
+    build fails, the base jobs are stopped and their half-written folders removed: nothing is left of the run."""
+    if not (bases and hasattr(executor, "begin")):
+        _build_data(p, todo, results, db, stats, console)
+        return
+    executor.begin(bases)
+    try:
+        _build_data(p, todo, results, db, stats, console)
+    except BaseException:
+        executor.abort()
+        clean_partial(results)
+        raise
+
+
+def _build_data(p: Plan, todo: set[str], results: Path, db: Path, stats: RunStats, console) -> None:
+    """The data sets the pending cells need, built once and cached; their cards go into the database."""
     t = time.perf_counter()
     arms = sorted({c.arm for c in p.cells if c.id in todo})
     cached = {arm for arm in arms if (dataset_dir(results, p.recipes[arm].id) / "card.json").exists()}
