@@ -32,6 +32,29 @@ arms:
     assert (built["cur"] / "card.json").stat().st_mtime == mtime  # cached, not rebuilt
 
 
+def test_arms_of_one_source_read_it_once_and_each_card_counts_the_read(tmp_path, monkeypatch):
+    import time
+
+    m = parse_matrix("sources: {pool: {size: 300}}\narms: {a: {source: pool, steps: [{filter: verifier}]}, "
+                     "b: {source: pool, steps: [dedup]}, c: {source: pool}}")
+    recipes = recipe.resolve_recipes(m)
+    alone = {arm: build.build(recipes, tmp_path / arm, [arm], lambda *a: None)[arm] for arm in recipes}
+    reads = []
+
+    def slow_read(source):
+        reads.append(source)
+        time.sleep(0.3)
+        return load_source(source)
+
+    load_source = build.load_source
+    monkeypatch.setattr(build, "load_source", slow_read)
+    together = build.build(recipes, tmp_path / "together", log=lambda *a: None)
+    assert len(reads) == 1
+    for arm, folder in together.items():
+        assert (folder / "data.jsonl").read_bytes() == (alone[arm] / "data.jsonl").read_bytes()
+        assert json.loads((folder / "card.json").read_text())["build_seconds"] >= 0.3
+
+
 def test_a_step_that_leaves_nothing_is_an_error(tmp_path):
     m = parse_matrix("sources: {pool: {size: 50}}\narms: {a: {source: pool, steps: [{filter: {scorer: heuristic, "
                      "format: 'zzz'}}]}}")
