@@ -14,7 +14,8 @@ import torch
 
 from harness.data import sources
 from harness.models.pretrain import PLAIN_CHAT_TEMPLATE
-from harness.train.sft import IGNORE, collate, encode_conversation, encode_rows, fit_length, label_loss, pack
+from harness.train.sft import (IGNORE, collate, encode_conversation, encode_rows, fit_length, label_loss,
+                               load_encoded, pack, save_encoded)
 
 from test_models import CHATML
 
@@ -117,7 +118,8 @@ def test_a_single_turn_chat_row_trains_as_a_prompt_response_row(micro_model):
 def test_rows_encoded_in_one_tokenizer_call_match_each_encoded_alone(micro_model, loss_on):
     tok = tokenizer(micro_model, CHATML)
     rows = [{"id": f"c{i}", "messages": m} for i, m in enumerate(CONVERSATIONS)]
-    rows += [{"id": "p0", "prompt": "What is 2 + 3?", "response": "5"}, {"id": "p1", "prompt": "Hi", "response": "Hello"}]
+    rows += [{"id": "p0", "prompt": "What is 2 + 3?", "response": "5"},
+             {"id": "p1", "prompt": "Hi", "response": "Hello"}]
     messages = [r.get("messages") or [{"role": "user", "content": r["prompt"]},
                                       {"role": "assistant", "content": r["response"]}] for r in rows]
     limit = sorted(len(encode_conversation(tok, m, 10**6).input_ids) for m in messages)[2]  # cuts the two longest
@@ -125,6 +127,29 @@ def test_rows_encoded_in_one_tokenizer_call_match_each_encoded_alone(micro_model
     assert sum(bool(e.cut) for e in alone) == 2
     assert encode_rows(tok, rows, limit, loss_on) == alone
     assert encode_rows(tok, rows, limit, loss_on, chunk=2) == alone  # across chunk boundaries
+
+
+def test_a_data_set_is_encoded_once_for_every_worker_and_kept_exactly(tmp_path, micro_model, monkeypatch):
+    """The shared cache keeps a data set's encoding (ids, labels, cuts) exactly; another worker loads it, and other
+    settings encode anew."""
+    from harness.data import build, recipe
+    from harness.run import cell
+    from harness.spec import parse_matrix
+    from harness.train import sft
+
+    tok = micro_model[1]
+    m = parse_matrix("sources: {pool: {size: 40}}\narms: {a: {source: pool}}")
+    dataset = build.build(recipe.resolve_recipes(m), tmp_path, log=lambda *a: None)["a"].name
+    tr, fp = {"max_length": 24, "loss_on": "all"}, str(tmp_path)  # a fingerprint no other test uses
+    rows, first = cell._encoded(tmp_path, dataset, fp, tr, tok)
+    assert first == encode_rows(tok, rows, 24) and any(e.cut for e in first)
+    save_encoded(tmp_path / "e.npz", first)
+    assert load_encoded(tmp_path / "e.npz") == first
+    cell._ENCODED.clear()  # another worker: nothing in its memory
+    with monkeypatch.context() as mp:
+        mp.setattr(sft, "encode_rows", lambda *a: pytest.fail("encoded again"))
+        assert cell._encoded(tmp_path, dataset, fp, tr, tok) == (rows, first)
+    assert cell._encoded(tmp_path, dataset, fp, tr | {"max_length": 64}, tok)[1] == encode_rows(tok, rows, 64)
 
 
 def test_system_turn_goes_to_the_templates_system_role(micro_model):

@@ -1,8 +1,8 @@
 """The shared cache: expensive, content-addressed things every results folder reuses.
 
-Built bases, converted models and embeddings are named by a hash of what produced them, so one copy serves every
-results folder: `HARNESS_CACHE` (default `$XDG_CACHE_HOME/harness`, i.e. ~/.cache/harness). Results folders keep
-what a run produced (runs, data sets, the database).
+Built bases, converted models, embeddings and encoded (tokenized) data sets are named by a hash of what produced
+them, so one copy serves every results folder: `HARNESS_CACHE` (default `$XDG_CACHE_HOME/harness`, i.e.
+~/.cache/harness). Results folders keep what a run produced (runs, data sets, the database).
 
 Two processes may want the same entry at once: `build_once` takes an exclusive `fcntl.flock` on a lock file next to
 the entry, so one builds while the other waits and then finds it done; the entry appears by an atomic rename, so a

@@ -129,6 +129,26 @@ def encode_rows(tokenizer, rows: list[dict], max_length: int, loss_on: str = "al
     return out
 
 
+def save_encoded(path, encoded: list[Encoded]) -> None:
+    """A data set's encoding as flat int32 arrays (np.load reads them back with allow_pickle=False)."""
+    def flat(field: str):
+        return np.fromiter((t for e in encoded for t in getattr(e, field)), np.int32)
+
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a temporary name
+        np.savez(f, input_ids=flat("input_ids"), labels=flat("labels"),
+                 lengths=np.array([len(e.input_ids) for e in encoded], np.int64),
+                 cut=np.array([e.cut for e in encoded], np.int64),
+                 trained_lost=np.array([e.trained_lost for e in encoded], np.int64))
+
+
+def load_encoded(path) -> list[Encoded]:
+    with np.load(path, allow_pickle=False) as z:
+        ids, labels, lengths = z["input_ids"].tolist(), z["labels"].tolist(), z["lengths"].tolist()
+        cut, lost = z["cut"].tolist(), z["trained_lost"].tolist()
+    ends = np.cumsum(lengths).tolist()
+    return [Encoded(ids[e - n:e], labels[e - n:e], c, t) for e, n, c, t in zip(ends, lengths, cut, lost)]
+
+
 def fit_length(ids: Sequence[str], encoded: Sequence[Encoded], too_long: str) -> tuple[list[Encoded], list[dict]]:
     """The train.too_long policy for rows longer than max_length: "truncate" trains their start (already cut by the
     encoder), "drop" leaves them out. Returns the examples to train on and one decision per long row (its id, what
