@@ -85,7 +85,7 @@ def _encode_once(results: Path, dataset_id: str, model_fp: str, tr: dict, tokeni
     from harness.data.build import dataset_dir
     from harness.train.sft import encode_rows, load_encoded, save_encoded
 
-    content = json.loads((dataset_dir(results, dataset_id) / "card.json").read_text())["content_hash"]
+    content = hashlib.sha256((dataset_dir(results, dataset_id) / "data.jsonl").read_bytes()).hexdigest()
     key = json.dumps([content, model_fp, tokenizer.chat_template, tr["max_length"], tr["loss_on"], __version__])
     made = []
 
