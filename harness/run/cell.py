@@ -77,7 +77,7 @@ def _encoded(results: Path, dataset_id: str, model_fp: str, tr: dict, tokenizer)
 def _encode_once(results: Path, dataset_id: str, model_fp: str, tr: dict, tokenizer, rows: list[dict]) -> list:
     """The rows encoded through the shared cache, by the data set's content, the tokenizer and its template, and the
     encoding's settings: the other workers, nodes and reruns that train on the data set load it (the demo's 8,000
-    rows: 1.5-2 s to encode, 0.1 s to load), and a worker that wants it while another encodes it waits."""
+    rows: 1.5-2 s to encode, 0.04 s to load), and a worker that wants it while another encodes it waits."""
     import hashlib
 
     from harness import __version__

@@ -185,7 +185,7 @@ def _build_models(p: Plan, todo: set[str], results: Path, stats: RunStats, conso
 def _build_data_beside(p: Plan, todo: set[str], results: Path, db: Path, stats: RunStats, console, executor,
                        bases: list) -> None:
     """Build the data sets while an executor that can begin jobs early (the local one) scores the base models: they
-    need no data, and the data pipeline runs on one core (the demo's: 1.6 s, its base's scoring: 3 s). When the
+    need no data, and the data pipeline runs on one core (the demo's: 1.1-2 s; its base's scoring: 3-4 s). When the
     build fails, the base jobs are stopped and their half-written folders removed: nothing is left of the run."""
     if not (bases and hasattr(executor, "begin")):
         _build_data(p, todo, results, db, stats, console)
